@@ -1,0 +1,128 @@
+"""The one checkpoint format: atomic writes, safe reads, and the key mapping for pre-trained backbones.
+
+A checkpoint is a dict (upstream names kept): ``epoch`` (the next epoch to run), ``arch``, ``state_dict``,
+``best_acc1`` (float, percent), ``optimizer``, plus ``args`` (the run's configuration as plain values),
+``num_classes``, ``use_norm``, ``best`` (metrics of the best epoch) and ``seed``. Checkpoints released with
+the papers (``best_acc1`` as a 0-dim tensor, DataParallel ``module.`` keys) load too.
+
+Reads use ``torch.load(weights_only=True)``: no pickled code is ever executed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+HEAD_KEYS = ("fc", "linear")
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    A crash leaves either the old file or the new one, never a half-written one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(state: dict, path: str, best_path: str | None = None) -> None:
+    """Write ``state`` to ``path`` atomically; when ``best_path`` is given, copy it there (atomically too)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+    if best_path is not None:
+        atomic_write(best_path, lambda f: shutil.copyfileobj(open(path, "rb"), f))
+
+
+def load_checkpoint(path: str, flag: str = "--resume") -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the flag that gave the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag}: no checkpoint file at {path!r}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file or a pickle with code both land here
+        raise RuntimeError(f"{flag}: cannot read {path!r} as a weights-only checkpoint ({e})") from e
+    if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {"state_dict": ckpt}  # a bare state_dict
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise RuntimeError(f"{flag}: {path!r} holds no 'state_dict'")
+    return ckpt
+
+
+def strip_prefix(state_dict: dict, prefix: str) -> dict:
+    """Remove ``prefix`` from every key that has it (e.g. DataParallel's ``module.``)."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def model_state(ckpt: dict) -> dict:
+    """The model weights of a checkpoint with DataParallel/DDP prefixes removed and ``linear`` renamed ``fc``."""
+    sd = strip_prefix(ckpt["state_dict"], "module.")
+    return {("fc" + k[len("linear"):] if k.startswith("linear.") else k): v for k, v in sd.items()}
+
+
+def load_model_weights(model: nn.Module, ckpt: dict, flag: str = "--resume") -> None:
+    """Load a full model checkpoint strictly, with a clear error when its classes or layers differ."""
+    sd = model_state(ckpt)
+    own = model.state_dict()
+    if "fc.weight" in sd and "fc.weight" in own and sd["fc.weight"].shape != own["fc.weight"].shape:
+        raise ValueError(f"{flag}: the checkpoint's classifier has shape {tuple(sd['fc.weight'].shape)} but the "
+                         f"model needs {tuple(own['fc.weight'].shape)}: it was trained on another dataset/number of classes "
+                         "or another loss head (LDAM uses a NormedLinear head)")
+    result = model.load_state_dict(sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{flag}: checkpoint does not match --arch {ckpt.get('arch', '?')!r}: missing "
+                         f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def backbone_state(ckpt: dict) -> dict:
+    """Backbone weights of a self-supervised checkpoint, whatever wrote it.
+
+    * MoCo (``[module.]encoder_q.*``): the query encoder without its projection head ``encoder_q.fc``;
+      the key encoder and the queue are dropped.
+    * Rotation or any classifier checkpoint: every key except the head (``fc``/``linear``).
+    """
+    sd = strip_prefix(ckpt["state_dict"], "module.")
+    if any(k.startswith("encoder_q.") for k in sd):
+        sd = {k[len("encoder_q."):]: v for k, v in sd.items() if k.startswith("encoder_q.")}
+    return {k: v for k, v in sd.items() if k.split(".")[0] not in HEAD_KEYS}
+
+
+def load_pretrained_backbone(model: nn.Module, path: str, flag: str = "--pretrained_model",
+                             skip: Iterable[str] = HEAD_KEYS) -> dict:
+    """Initialise ``model``'s backbone from a self-supervised checkpoint; the classifier stays fresh.
+
+    Returns {'loaded': [...], 'missing': [...]} (keys of the model). Refuses a checkpoint that matches no
+    key or whose matching keys have other shapes (another architecture): upstream users silently loaded
+    nothing (SPEC section 8, item 1).
+    """
+    src = backbone_state(load_checkpoint(path, flag))
+    own = model.state_dict()
+    wrong_shape = [k for k in src if k in own and src[k].shape != own[k].shape]
+    if wrong_shape:
+        raise ValueError(f"{flag}: {path!r} is for another architecture: {len(wrong_shape)} tensors differ in "
+                         f"shape, e.g. {wrong_shape[0]} {tuple(src[wrong_shape[0]].shape)} vs "
+                         f"{tuple(own[wrong_shape[0]].shape)}")
+    matched = [k for k in own if k in src]
+    if not matched:
+        raise ValueError(f"{flag}: no key of {path!r} matches the model (checkpoint keys look like "
+                         f"{list(src)[:3]}, the model's like {list(own)[:3]})")
+    model.load_state_dict({k: src[k] for k in matched}, strict=False)
+    missing = [k for k in own if k not in src]
+    unexpected_backbone = [k for k in missing if k.split(".")[0] not in skip]
+    if unexpected_backbone:
+        raise ValueError(f"{flag}: {path!r} lacks backbone weights {unexpected_backbone[:5]}: "
+                         "is it a checkpoint of the same --arch?")
+    return {"loaded": matched, "missing": missing}

@@ -1,0 +1,164 @@
+"""One argument builder for every script: the upstream flags and defaults, YAML configs, validation.
+
+Precedence: argparse defaults (the upstream ones) < ``--config FILE.yaml`` < flags on the command line.
+YAML keys are the flags' destination names (``imb_factor``, ``batch_size``, ``weight_decay``...; dashes
+are accepted for underscores). An unknown key, a value outside a flag's choices or a bad value is an
+error before anything runs, naming the key and the file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable, Sequence
+
+import torch
+import yaml
+
+import losses
+import models
+from engine import schedules
+
+
+def add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str], default: str = "cifar10") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default, choices=list(datasets), help="dataset")
+    g.add_argument("--data_path", default="./data", help="folder holding the dataset files")
+    g.add_argument("--imb_type", default="exp", help="long-tail profile: exp, step, or anything else for balanced")
+    g.add_argument("--imb_factor", type=float, default=0.01, help="imbalance factor 1/rho (0.01 = rho 100)")
+    g.add_argument("--rand_number", type=int, default=0, help="NumPy seed of the long-tailed subsampling")
+
+
+def add_model_args(p: argparse.ArgumentParser, arch: str = "resnet32", loss_type: str = "CE",
+                   train_rule: str = "None") -> None:
+    g = p.add_argument_group("model and loss")
+    g.add_argument("-a", "--arch", metavar="ARCH", default=arch, choices=models.model_names(),
+                   help="model architecture: " + " | ".join(models.model_names()))
+    g.add_argument("--loss_type", default=loss_type, choices=sorted(losses.LOSSES), help="loss type")
+    g.add_argument("--train_rule", default=train_rule, choices=sorted(losses.TRAIN_RULES),
+                   help="data/loss re-balancing rule")
+    g.add_argument("--pretrained_model", default="", help="self-supervised checkpoint to initialise the backbone")
+    losses.add_loss_args(p)
+
+
+def add_optim_args(p: argparse.ArgumentParser, epochs: int = 200, batch_size: int = 128, lr: float = 0.1,
+                   weight_decay: float = 2e-4, **schedule_defaults) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=epochs, type=int, metavar="N", help="number of total epochs to run")
+    g.add_argument("--start-epoch", default=0, type=int, metavar="N",
+                   help="manual epoch number (useful on restarts; --resume sets it)")
+    g.add_argument("-b", "--batch-size", default=batch_size, type=int, metavar="N", help="mini-batch size")
+    g.add_argument("--lr", "--learning-rate", default=lr, type=float, metavar="LR", dest="lr",
+                   help="initial learning rate")
+    g.add_argument("--momentum", default=0.9, type=float, metavar="M", help="SGD momentum")
+    g.add_argument("--wd", "--weight-decay", default=weight_decay, type=float, metavar="W", dest="weight_decay",
+                   help="weight decay")
+    schedules.add_schedule_args(p, **schedule_defaults)
+
+
+def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--config", default=None, help="YAML file of flag values (command-line flags win)")
+    g.add_argument("--exp_str", default=exp_str, help="suffix of the run name")
+    g.add_argument("--gpu", default=gpu, type=int, help="CUDA device index")
+    g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: cuda if present)")
+    g.add_argument("-j", "--workers", default=4, type=int, metavar="N",
+                   help="data loading workers (--loader torch only)")
+    g.add_argument("-p", "--print-freq", default=print_freq, type=int, metavar="N",
+                   help="progress-bar refresh period in steps")
+    g.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume or evaluate")
+    g.add_argument("-e", "--evaluate", action="store_true", help="evaluate the --resume checkpoint and exit")
+    g.add_argument("--seed", default=None, type=int, help="training seed (model init, batch order, augmentation)")
+    g.add_argument("--root_log", type=str, default="log")
+    g.add_argument("--root_model", type=str, default="./checkpoint")
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speed")
+    g.add_argument("--loader", default="device", choices=["device", "torch"],
+                   help="device: data and augmentation on the device; torch: DataLoader with PIL transforms")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--eval_batch_size", type=int, default=1000, help="evaluation batch size")
+
+
+def _coerce(action: argparse.Action, key: str, value, source: str):
+    """Apply the flag's type to a YAML value (YAML reads 1e-4 as a string) and check its choices."""
+    def one(v):
+        if action.type is not None and isinstance(v, str) and action.type is not str:
+            try:
+                v = action.type(v)
+            except (TypeError, ValueError) as e:
+                raise SystemExit(f"error: {source}: {key}: {v!r} is not a valid value ({e})")
+        if action.choices is not None and v not in action.choices:
+            raise SystemExit(f"error: {source}: {key}: {v!r} is not one of {list(action.choices)}")
+        return v
+    if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+        return [one(v) for v in (value if isinstance(value, list) else [value])]
+    return one(value)
+
+
+def load_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Read ``path`` and return {dest: value} for the parser's flags; unknown keys are an error."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --config: no file {path!r}")
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"error: --config: {path!r} must hold a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    out = {}
+    for raw_key, value in cfg.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in actions:
+            raise SystemExit(f"error: {path}: unknown key {raw_key!r}; valid keys: {', '.join(sorted(actions))}")
+        out[key] = _coerce(actions[key], key, value, path)
+    return out
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+          validate: Callable[[argparse.Namespace], None] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with YAML defaults from ``--config``; run ``validate`` (ValueError -> usage error)."""
+    pre, _ = parser.parse_known_args(argv)
+    if getattr(pre, "config", None):
+        parser.set_defaults(**load_yaml_defaults(parser, pre.config))
+    args = parser.parse_args(argv)
+    try:
+        (validate or validate_common)(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    return args
+
+
+def validate_common(args: argparse.Namespace) -> None:
+    """Checks shared by the training scripts; every message names the flag and the fix."""
+    if hasattr(args, "imb_factor") and not 0.0 < args.imb_factor <= 1.0:
+        hint = f" (did you mean {1.0 / args.imb_factor:g}?)" if args.imb_factor > 1 else ""
+        raise ValueError(f"--imb_factor must be in (0, 1] (it is 1/rho), got {args.imb_factor:g}{hint}")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not 0 <= args.start_epoch <= args.epochs:
+        raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
+    if args.evaluate and not args.resume:
+        raise ValueError("-e/--evaluate needs --resume CHECKPOINT to evaluate")
+    for flag, path in (("--resume", args.resume), ("--pretrained_model", getattr(args, "pretrained_model", ""))):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{flag}: no file {path!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    schedules.validate_schedule(args)
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    """--device (default: CUDA when present), with --gpu choosing the CUDA index."""
+    kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return torch.device("cuda", args.gpu or 0)
+    return torch.device("cpu")
+
+
+def args_to_dict(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in sorted(vars(args).items())}

@@ -1,0 +1,68 @@
+"""Dataset registry for the CIFAR-size benchmarks: name -> how to build the train and test sets.
+
+A builder returns a torchvision-style dataset whose ``.data`` is uint8 (N, 32, 32, 3) and ``.targets`` the
+labels, so the same object serves both loaders: the arrays go to the device for ``--loader device``, and
+``transform`` is set for ``--loader torch``. Normalisation statistics are the reference code's.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+
+from imbalance_cifar import ImbalanceCIFAR10, ImbalanceCIFAR100
+from imbalance_svhn import ImbalanceSVHN
+from engine.loaders import DeviceLoader, TorchLoader
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+SVHN_MEAN = SVHN_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    num_classes: int
+    mean: tuple
+    std: tuple
+    train: Callable[[argparse.Namespace], object]
+    test: Callable[[argparse.Namespace], object]
+
+
+def _lt_kwargs(args):
+    return dict(imb_type=args.imb_type, imb_factor=args.imb_factor, rand_number=args.rand_number)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(10, CIFAR_MEAN, CIFAR_STD,
+                           train=lambda a: ImbalanceCIFAR10(a.data_path, train=True, **_lt_kwargs(a)),
+                           test=lambda a: ImbalanceCIFAR10(a.data_path, train=False, **_lt_kwargs(a))),
+    "cifar100": DatasetSpec(100, CIFAR_MEAN, CIFAR_STD,
+                            train=lambda a: ImbalanceCIFAR100(a.data_path, train=True, **_lt_kwargs(a)),
+                            test=lambda a: ImbalanceCIFAR100(a.data_path, train=False, **_lt_kwargs(a))),
+    "svhn": DatasetSpec(10, SVHN_MEAN, SVHN_STD,
+                        train=lambda a: ImbalanceSVHN(a.data_path, split="train", **_lt_kwargs(a)),
+                        test=lambda a: ImbalanceSVHN(a.data_path, split="test", **_lt_kwargs(a))),
+}
+
+
+def torch_transforms(spec: DatasetSpec, train: bool):
+    """The reference PIL pipeline: RandomCrop(32, padding=4) + RandomHorizontalFlip for training; Normalize."""
+    tail = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *tail] if train else tail)
+
+
+def make_loader(dataset, spec: DatasetSpec, args: argparse.Namespace, device: torch.device, train: bool,
+                sample_weights: np.ndarray | None = None, seed: int = 0):
+    """A ``DeviceLoader`` (``--loader device``) or ``TorchLoader`` (``--loader torch``) over ``dataset``."""
+    batch = args.batch_size if train else args.eval_batch_size
+    channels_last = getattr(args, "channels_last", False)
+    if getattr(args, "loader", "device") == "device":
+        return DeviceLoader(dataset.data, dataset.targets, batch_size=batch, device=device, mean=spec.mean,
+                            std=spec.std, train=train, sample_weights=sample_weights, seed=seed,
+                            channels_last=channels_last)
+    dataset.transform = torch_transforms(spec, train)
+    return TorchLoader(dataset, batch_size=batch, device=device, train=train, workers=args.workers,
+                       sample_weights=sample_weights, seed=seed, channels_last=channels_last)

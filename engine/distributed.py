@@ -1,0 +1,64 @@
+"""DistributedDataParallel plumbing for ``torchrun``: process-group setup, rank queries, reductions.
+
+Single-process runs (the default) see rank 0 of world size 1, and every helper becomes a no-op, so the
+rest of the code never branches on whether it runs distributed.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(device_kind: str) -> torch.device | None:
+    """Join the process group torchrun describes (NCCL on GPUs, Gloo on CPUs); None when not under torchrun.
+
+    Returns this process's device (cuda:LOCAL_RANK on GPUs).
+    """
+    if not launched_by_torchrun():
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over processes (identity when not distributed)."""
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,122 @@
+"""Wiring shared by the CIFAR/SVHN scripts (train.py, train_semi.py, pretrain_rot.py).
+
+``run_classification`` takes parsed arguments and the train/test datasets and does the rest: device and
+seeds, model and loss from their registries, optional self-supervised initialisation, loaders,
+``-e/--evaluate``, ``--resume``, the training loop, and the final report.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+
+import losses
+import models
+from engine import distributed
+from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
+from engine.config import args_to_dict, resolve_device
+from engine.data import DatasetSpec, make_loader
+from engine.metrics import evaluate, format_metrics
+from engine.runlog import RunLog
+from engine.trainer import ClassificationStep, Trainer
+
+
+def store_name(args: argparse.Namespace, fields=("dataset", "arch", "loss_type", "train_rule", "imb_type",
+                                                 "imb_factor", "exp_str")) -> str:
+    """Run name as upstream, e.g. ``cifar10_resnet32_CE_None_exp_0.01_ss_pretrained``."""
+    return "_".join(str(getattr(args, f)) for f in fields)
+
+
+def choose_seed(args: argparse.Namespace, resume_ckpt: dict | None) -> int:
+    """--seed, else the resumed run's seed, else a fresh random one (recorded, so a resume can continue)."""
+    if args.seed is not None:
+        return args.seed
+    if resume_ckpt is not None and resume_ckpt.get("seed") is not None:
+        return int(resume_ckpt["seed"])
+    return random.SystemRandom().randrange(2 ** 31)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python and torch (NumPy is seeded by --rand_number inside the dataset builders, as upstream)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def uses_normed_head(loss_type: str) -> bool:
+    return getattr(losses.LOSSES[loss_type], "use_norm", False)
+
+
+def build_classifier(args: argparse.Namespace, num_classes: int, device: torch.device) -> torch.nn.Module:
+    model = models.build_model(args.arch, num_classes, use_norm=uses_normed_head(args.loss_type)).to(device)
+    if getattr(args, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def print_report(run: RunLog, title: str, metrics: dict) -> None:
+    run.print(f"{title}: {format_metrics(metrics)}")
+    run.print("  Class Accuracy: " + np.array2string(np.array([np.nan if a is None else a / 100.0
+                                                              for a in metrics["per_class"]]), precision=3))
+
+
+def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, test_set, name: str,
+                       num_outputs: int | None = None, batch_transform: Callable | None = None,
+                       evaluator: Callable | None = None) -> dict:
+    """Train (or with -e evaluate) a classifier of ``train_set``; returns the summary or the evaluation.
+
+    ``num_outputs``/``batch_transform``/``evaluator`` let a pretext task (rotation prediction) reuse the
+    whole pipeline with its own head size, batches and evaluation.
+    """
+    device = distributed.init("cuda" if resolve_device(args).type == "cuda" else "cpu") or resolve_device(args)
+    resume = load_checkpoint(args.resume) if args.resume else None
+    seed = choose_seed(args, resume)
+    seed_everything(seed, deterministic=args.seed is not None)
+    cls_num_list = train_set.get_cls_num_list()
+    model = build_classifier(args, num_outputs or spec.num_classes, device)
+    test_loader = make_loader(test_set, spec, args, device, train=False)
+    run = RunLog(os.path.join(args.root_log, name), None if args.evaluate else dict(args_to_dict(args), seed=seed),
+                 tensorboard=not args.evaluate)
+    evaluate_fn = evaluator or (lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list, amp=args.amp))
+
+    if args.evaluate:
+        load_model_weights(model, resume)
+        metrics = evaluate_fn()
+        print_report(run, f"Evaluation of {args.resume}", metrics)
+        return metrics
+
+    if args.pretrained_model and resume is None:
+        report = load_pretrained_backbone(model, args.pretrained_model)
+        run.print(f"=> self-supervised init from {args.pretrained_model}: loaded {len(report['loaded'])} tensors, "
+                  f"fresh: {report['missing']}")
+    rule = losses.build_train_rule(args.train_rule, cls_num_list, args)
+    criterion = losses.build_loss(args.loss_type, cls_num_list, args).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    train_loader = make_loader(train_set, spec, args, device, train=True, seed=seed,
+                               sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
+    train_model = torch.compile(model) if args.compile else model
+    step = ClassificationStep(train_model, criterion, rule, batch_transform)
+    meta = {"arch": args.arch, "num_classes": num_outputs or spec.num_classes,
+            "use_norm": uses_normed_head(args.loss_type), "seed": seed, "cls_num_list": list(cls_num_list),
+            "args": args_to_dict(args)}
+    trainer = Trainer(model, optimizer, train_loader, step, args, run, os.path.join(args.root_model, name), meta,
+                      evaluate=evaluate_fn)
+    if resume is not None:
+        load_model_weights(model, resume)
+        trainer.restore(resume)
+        run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch} (best Prec@1 {trainer.state.best_acc1:.3f})")
+    run.print(f"=> {name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {seed}, "
+              f"device {device}")
+    summary = trainer.fit()
+    if summary["last"]:
+        print_report(run, f"Last epoch ({summary['epochs']})", summary["last"])
+        print_report(run, f"Best epoch ({summary['best_epoch'] + 1}, selected on the test set as in the papers)",
+                     summary["best"])
+    run.close()
+    return summary

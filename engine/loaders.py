@@ -1,0 +1,151 @@
+"""Two ways to feed batches, one interface: iterate to get ``(x, y)`` on the device; ``set_epoch(e)``; ``len()``.
+
+* ``DeviceLoader``: the whole uint8 dataset lives on the device (CIFAR, SVHN and their unlabeled sets are
+  a few hundred MB at most). Each epoch draws its order (a permutation, or class-balanced sampling with
+  replacement), crop offsets and flips on the device in three kernels; each batch is one gather plus the
+  normalisation. No worker processes, no host-to-device copies, no per-batch host synchronisation.
+* ``TorchLoader``: a ``torch.utils.data.DataLoader`` over a torchvision-style dataset (PIL transforms in
+  worker processes), for data that does not fit on the device (ImageNet-LT, iNaturalist) and as the
+  reference pipeline of the seed repository.
+
+Randomness is drawn from a generator re-seeded from (seed, epoch) at every epoch, so an epoch's batches
+do not depend on what ran before it: a resumed run sees exactly the batches of an unbroken one.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from engine import distributed
+from engine.augment import crop_flip, draw_crop_flip, normalize
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for (seed, epoch): distinct epochs and seeds give unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class DeviceLoader:
+    """Batches drawn from uint8 images (N, H, W, C) and labels stored once on ``device``.
+
+    train=True: shuffled (or drawn with ``sample_weights``, with replacement, N per epoch) and augmented
+    with random crop (zero padding ``pad``) + horizontal flip. train=False: dataset order, no augmentation.
+    Under DistributedDataParallel each process takes every world_size-th sample of the epoch's order.
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], *, batch_size: int, device: torch.device,
+                 mean: Sequence[float], std: Sequence[float], train: bool, pad: int = 4,
+                 sample_weights: np.ndarray | None = None, seed: int = 0, drop_last: bool = False,
+                 channels_last: bool = False):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"DeviceLoader needs uint8 images shaped (N, H, W, C), got {images.dtype} {images.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        self.size = x.shape[-1]
+        self.pad = pad if train else 0
+        self.images = F.pad(x, (self.pad,) * 4).to(device) if self.pad else x.to(device)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
+        self.weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float).to(device)
+        self.batch_size, self.device, self.train = batch_size, device, train
+        self.mean, self.std, self.seed, self.drop_last = tuple(mean), tuple(std), seed, drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process sees per epoch."""
+        n, world = len(self.labels), distributed.world_size()
+        return n // world if self.train else n
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _epoch_plan(self):
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n, device=self.device), None, None
+        g = torch.Generator(device=self.device)
+        g.manual_seed(epoch_seed(self.seed, self.epoch))
+        if self.weights is None:
+            order = torch.randperm(n, generator=g, device=self.device)
+        else:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        world = distributed.world_size()
+        order = order[distributed.rank():n - n % world:world]
+        offsets, flips = draw_crop_flip(len(order), self.pad, g, self.device)
+        return order, offsets, flips
+
+    def __iter__(self):
+        order, offsets, flips = self._epoch_plan()
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[sl]
+            if self.train:
+                x = crop_flip(self.images, idx, offsets[sl], flips[sl], self.size)
+            else:
+                x = self.images[idx]
+            x = normalize(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            yield x, self.labels[idx]
+
+
+class _SeededSampler(Sampler):
+    """Uniform shuffling or weighted drawing with replacement, seeded per epoch, sharded across processes."""
+
+    def __init__(self, n: int, weights: np.ndarray | None, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        g = torch.Generator()
+        g.manual_seed(epoch_seed(self.seed, self.epoch))
+        if self.weights is None:
+            return torch.randperm(self.n, generator=g)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+
+    def __iter__(self):
+        world = distributed.world_size()
+        return iter(self._order()[distributed.rank():self.n - self.n % world:world].tolist())
+
+    def __len__(self) -> int:
+        return self.n // distributed.world_size()
+
+
+class TorchLoader:
+    """A DataLoader over ``dataset`` that yields ``(x, y)`` moved to ``device`` (pinned, non-blocking).
+
+    ``sampler``: any sampler with ``set_epoch`` (e.g. a class-aware one); by default a seeded shuffle, or
+    weighted drawing when ``sample_weights`` is given; train=False keeps the dataset order (not sharded).
+    """
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, workers: int = 4,
+                 sample_weights: np.ndarray | None = None, seed: int = 0, drop_last: bool = False,
+                 sampler: Sampler | None = None, channels_last: bool = False):
+        if sampler is None and train:
+            sampler = _SeededSampler(len(dataset), sample_weights, seed)
+        self.sampler, self.device = sampler, device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                                 num_workers=workers, pin_memory=device.type == "cuda", drop_last=drop_last,
+                                 persistent_workers=workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield x, y.to(self.device, non_blocking=True)

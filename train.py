@@ -1,0 +1,34 @@
+"""Supervised long-tailed training on CIFAR-10/100-LT and SVHN-LT (CE, Focal, LDAM; None/Resample/Reweight/DRW).
+
+    python train.py --dataset cifar10 --imb_factor 0.01 --loss_type LDAM --train_rule DRW
+    python train.py --config configs/ldam_drw/cifar10_exp100_LDAM_DRW.yaml
+    python train.py --dataset cifar10 --resume CKPT -e          # evaluate a checkpoint
+    python train.py --dataset cifar10 --pretrained_model SSP    # start from a self-supervised backbone
+"""
+from __future__ import annotations
+
+import argparse
+
+from engine import config
+from engine.data import DATASETS
+from engine.experiment import run_classification, store_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_data_args(p, DATASETS)
+    config.add_model_args(p)
+    config.add_optim_args(p)
+    config.add_run_args(p, exp_str="ss_pretrained")
+    config.add_speed_args(p)
+    return p
+
+
+def main(argv=None):
+    args = config.parse(build_parser(), argv)
+    spec = DATASETS[args.dataset]
+    return run_classification(args, spec, spec.train(args), spec.test(args), store_name(args))
+
+
+if __name__ == "__main__":
+    main()
