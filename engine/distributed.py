@@ -62,3 +62,13 @@ def barrier() -> None:
 def shutdown() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` under torchrun, else ``model`` itself.
+
+    BatchNorm statistics stay per process, as with the reference code's DataParallel.
+    """
+    if not is_initialized():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
