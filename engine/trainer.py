@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
@@ -143,8 +144,11 @@ class Trainer:
     def fit(self) -> dict:
         """Train from ``state.epoch`` to ``args.epochs``; returns the final summary (last and best)."""
         for epoch in range(self.state.epoch, self.args.epochs):
-            record = {"epoch": epoch, **self.train_epoch(epoch)}
+            start = time.perf_counter()
+            record = {"epoch": epoch, **self.train_epoch(epoch)}  # ends with a host sync: timings are real
+            record["time_train"] = time.perf_counter() - start
             metrics = self.evaluate() if self.evaluate is not None else None
+            record["time_epoch"] = time.perf_counter() - start
             self.state.epoch = epoch + 1
             is_best = False
             if metrics is not None:
