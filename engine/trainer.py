@@ -44,6 +44,8 @@ class ClassificationStep:
     def start_epoch(self, epoch: int) -> None:
         if self.rule is not None:
             self.criterion.set_class_weights(self.rule.class_weights(epoch))
+        if hasattr(self.batch_transform, "start_epoch"):
+            self.batch_transform.start_epoch(epoch)
 
     def __call__(self, x, y):
         if self.batch_transform is not None:
@@ -78,35 +80,43 @@ class Trainer:
         self.state = TrainState(epoch=args.start_epoch)
         self.device = next(model.parameters()).device
         self.amp = bool(getattr(args, "amp", False)) and self.device.type == "cuda"
+        self.last_saved = ""
 
     # -- checkpoints -------------------------------------------------------------------------------
-    @property
-    def last_path(self) -> str:
+    def checkpoint_path(self, epochs_done: int) -> str:
+        """Where the checkpoint after ``epochs_done`` epochs goes (upstream: one file, overwritten)."""
         return os.path.join(self.ckpt_dir, "ckpt.pth.tar")
 
+    def checkpoint_state(self) -> dict:
+        """Everything a checkpoint holds: the meta data, weights, optimizer and progress."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        return dict(self.meta, epoch=self.state.epoch, state_dict=model.state_dict(),
+                    optimizer=self.optimizer.state_dict(), best_acc1=self.state.best_acc1,
+                    best_epoch=self.state.best_epoch, best=self.state.best, last=self.state.last)
+
     def restore(self, ckpt: dict) -> None:
-        """Continue the run saved in ``ckpt``: weights, optimizer, epoch, best so far."""
+        """Continue the run saved in ``ckpt``: optimizer, epoch, best so far (weights are loaded by the caller)."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        best_acc1 = ckpt.get("best_acc1", 0.0)
-        self.state = TrainState(epoch=int(ckpt["epoch"]), best_acc1=float(best_acc1),
+        self.state = TrainState(epoch=int(ckpt["epoch"]), best_acc1=float(ckpt.get("best_acc1", 0.0)),
                                 best_epoch=int(ckpt.get("best_epoch", -1)), best=ckpt.get("best", {}),
                                 last=ckpt.get("last", {}))
 
-    def _save(self, is_best: bool) -> None:
+    def save(self, is_best: bool) -> None:
+        """Write the checkpoint atomically (main process only); the best epoch is also ``ckpt.best.pth.tar``."""
         if self.ckpt_dir is None or not distributed.is_main():
             return
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        state = dict(self.meta, epoch=self.state.epoch, state_dict=model.state_dict(),
-                     optimizer=self.optimizer.state_dict(), best_acc1=self.state.best_acc1,
-                     best_epoch=self.state.best_epoch, best=self.state.best, last=self.state.last)
-        save_checkpoint(state, self.last_path, os.path.join(self.ckpt_dir, "ckpt.best.pth.tar") if is_best else None)
+        path = self.checkpoint_path(self.state.epoch)
+        save_checkpoint(self.checkpoint_state(), path,
+                        os.path.join(self.ckpt_dir, "ckpt.best.pth.tar") if is_best else None)
+        self.last_saved = path
 
     # -- the loop ----------------------------------------------------------------------------------
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         value = loss_sum.item()
         if not math.isfinite(value):
-            where = (f"the last good checkpoint is {self.last_path} (epoch {self.state.epoch})"
-                     if self.ckpt_dir and os.path.exists(self.last_path) else "no checkpoint was written yet")
+            last = self.last_saved or (self.checkpoint_path(self.state.epoch) if self.ckpt_dir else "")
+            where = (f"the last good checkpoint is {last} (epoch {self.state.epoch})" if os.path.exists(last)
+                     else "no checkpoint was written yet")
             raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}; stopped, {where}. "
                                      "Lower --lr or check the data and the loss settings.")
 
@@ -160,7 +170,7 @@ class Trainer:
                     self.state.best = dict(metrics, epoch=epoch)
             record["best_acc1"] = self.state.best_acc1
             if self.state.epoch % self.save_every == 0 or self.state.epoch == self.args.epochs:
-                self._save(is_best)
+                self.save(is_best)
             self.run.epoch(record)
             self._print_epoch(record)
         summary = self.summary()

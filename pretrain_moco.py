@@ -1,0 +1,197 @@
+"""MoCo v2 self-supervised pre-training on long-tailed training images (labels unused; Yang & Xu 2020, sec. 4).
+
+    python pretrain_moco.py --dataset imagenet --data /path/to/ImageNet            # one process
+    torchrun --nproc_per_node 8 pretrain_moco.py --dataset imagenet --data /path/to/ImageNet
+    python pretrain_moco.py --dataset cifar10 --data ./data --imb_factor 0.01 --moco-k 4096
+    python train.py --dataset cifar10 --pretrained_model ./data/cifar10/checkpoint/moco_ckpt_0200.pth.tar
+
+Data: ImageNet-LT / iNaturalist 2018 training lists (paths relative to --data; --list_file to override), or
+CIFAR-10/100-LT (--imb_type/--imb_factor/--rand_number). Backbone (-a): resnet50 for imagenet/inat, resnet32
+for cifar10/cifar100 unless given. Multi-GPU: launch with torchrun (DDP, NCCL on GPUs, Gloo on CPUs); this
+replaces the reference's --multiprocessing-distributed/--world-size/--rank/--dist-url/--dist-backend.
+-b is the total batch over all processes and --moco-k must be a multiple of it.
+The reference declared --mlp/--aug-plus/--cos with type=bool, so they could not be turned off; here they
+are real switches (--no-mlp, --no-aug-plus, --no-cos), default on.
+Checkpoints: {root_path}/{dataset}/checkpoint/moco_ckpt_{epoch:04d}.pth.tar every -p epochs and at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import models
+from engine import config, distributed
+from engine.checkpoint import load_checkpoint, strip_prefix
+from engine.data import DATASETS
+from engine.experiment import choose_seed, seed_everything, store_name
+from engine.loaders import TorchLoader
+from engine.moco import AUGMENTATIONS, MocoStep, MocoTrainer, TwoCropsTransform, build_moco
+from engine.runlog import RunLog
+from imagenet_inat.datasets import LT_DATASETS, ListDataset
+
+
+@dataclass(frozen=True)
+class MocoData:
+    """Where a data set's training images come from and how its views are cut and normalised."""
+    arch: str                      # default backbone
+    size: int                      # crop size of the views
+    mean: tuple
+    std: tuple
+    list_file: str | None          # default split file (image-list data sets)
+    build: Callable                # (args, transform) -> dataset
+
+
+def _list_dataset(args, transform):
+    return ListDataset(args.data_path, args.list_file, transform)
+
+
+def _lt_dataset(name):
+    def build(args, transform):
+        dataset = DATASETS[name].train(args)
+        dataset.transform = transform
+        return dataset
+    return build
+
+
+def _list_source(name):
+    """ImageNet-LT / iNaturalist 2018: the reference's default list imagenet_inat/data/{name}/{train file}."""
+    spec = LT_DATASETS[name]
+    return MocoData("resnet50", 224, spec.mean, spec.std, os.path.join("imagenet_inat", "data", name,
+                                                                       spec.splits["train"]), _list_dataset)
+
+
+MOCO_DATA = {
+    "imagenet": _list_source("ImageNet_LT"),
+    "inat": _list_source("iNaturalist18"),
+    **{name: MocoData("resnet32", 32, DATASETS[name].mean, DATASETS[name].std, None, _lt_dataset(name))
+       for name in ("cifar10", "cifar100")},
+}
+
+
+class CosAction(argparse.BooleanOptionalAction):
+    """The reference's --cos as a switch: --cos is --lr_schedule cosine, --no-cos is --lr_schedule step."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.lr_schedule = "step" if option_string.startswith("--no-") else "cosine"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_data_args(p, MOCO_DATA, default="imagenet")
+    g = p.add_argument_group("MoCo")
+    g.add_argument("--data", dest="data_path", default=argparse.SUPPRESS, help="the reference's name of --data_path")
+    g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
+    g.add_argument("--root_path", default="./data", help="checkpoints go to {root_path}/{dataset}/checkpoint/")
+    g.add_argument("-a", "--arch", default=None, choices=models.model_names(),
+                   help="backbone (default: resnet50 for imagenet/inat, resnet32 for cifar10/cifar100)")
+    g.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
+    g.add_argument("--moco-k", default=65536, type=int, help="queue size: number of negative keys")
+    g.add_argument("--moco-m", default=0.999, type=float, help="momentum of the key encoder")
+    g.add_argument("--moco-t", default=0.2, type=float, help="softmax temperature")
+    g.add_argument("--mlp", default=True, action=argparse.BooleanOptionalAction, help="MLP projection head (v2)")
+    g.add_argument("--aug-plus", default=True, action=argparse.BooleanOptionalAction,
+                   help="MoCo v2 augmentation (blur, colour jitter p 0.8); --no-aug-plus: MoCo v1's")
+    g.add_argument("--cos", dest="lr_schedule", default=argparse.SUPPRESS, action=CosAction,
+                   help="cosine LR schedule (default); --no-cos: x0.1 at each --schedule epoch")
+    config.add_optim_args(p, epochs=200, batch_size=128, lr=0.015, weight_decay=1e-4, schedule="cosine",
+                          warmup_epochs=0, milestones=(120, 160), lr_factors=(0.1, 0.01))
+    g.add_argument("--schedule", dest="milestones", type=int, nargs="*", default=argparse.SUPPRESS,
+                   help="the reference's name of --milestones (used with --no-cos)")
+    config.add_run_args(p, exp_str="pretrain_moco", gpu=None, print_freq=50)
+    p.set_defaults(workers=32)
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    config.validate_common(args)
+    if args.evaluate:
+        raise ValueError("-e/--evaluate: a MoCo checkpoint has no classifier to evaluate; fine-tune it with "
+                         "train.py --pretrained_model CHECKPOINT (or imagenet_inat) instead")
+    if args.root_model != "./checkpoint":
+        raise ValueError("--root_model is not used by MoCo: checkpoints go to {root_path}/{dataset}/checkpoint; "
+                         "set --root_path")
+    for flag, value in (("--moco-dim", args.moco_dim), ("--moco-k", args.moco_k), ("--moco-t", args.moco_t)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if not 0.0 <= args.moco_m < 1.0:
+        raise ValueError(f"--moco-m must be in [0, 1), got {args.moco_m}")
+    if args.moco_k % args.batch_size:
+        raise ValueError(f"--moco-k {args.moco_k} must be a multiple of the total batch size -b {args.batch_size}: "
+                         f"the queue takes whole batches of keys; e.g. --moco-k "
+                         f"{max(args.moco_k // args.batch_size, 1) * args.batch_size}")
+    default_list = MOCO_DATA[args.dataset].list_file
+    if args.list_file and default_list is None:
+        raise ValueError(f"--list_file is for the image-list data sets (imagenet, inat); --dataset {args.dataset} "
+                         "reads --data")
+    list_file = args.list_file or default_list
+    if list_file is not None and not os.path.isfile(list_file):
+        raise ValueError(f"--list_file: no split file {list_file!r} for --dataset {args.dataset}: get the "
+                         "ImageNet-LT / iNaturalist 2018 lists or pass --list_file PATH")
+
+
+def shared_seed(seed: int, device: torch.device) -> int:
+    """Rank 0's seed on every process (a sum where only rank 0 contributes), so data shards do not overlap."""
+    t = torch.tensor([seed if distributed.is_main() else 0], dtype=torch.long, device=device)
+    return int(distributed.all_reduce_sum(t).item())
+
+
+def build_loader(args, source: MocoData, device: torch.device, seed: int) -> TorchLoader:
+    """Two views per image; each process draws its share of every total batch of -b (drop_last, as upstream)."""
+    world = distributed.world_size()
+    if args.batch_size % world:
+        raise ValueError(f"-b {args.batch_size} is the total batch: it must be divisible by the {world} processes")
+    views = TwoCropsTransform(AUGMENTATIONS[args.aug_plus](source.size, source.mean, source.std))
+    return TorchLoader(source.build(args, views), batch_size=args.batch_size // world, device=device, train=True,
+                       workers=-(-args.workers // world), seed=seed, drop_last=True)
+
+
+def build_moco_model(args, device: torch.device, resume: dict | None):
+    moco = build_moco(args.arch, args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp).to(device)
+    if resume is not None:
+        try:
+            moco.load_state_dict(strip_prefix(resume["state_dict"], "module."))
+        except RuntimeError as e:
+            raise ValueError(f"--resume: {args.resume!r} is not a MoCo checkpoint of -a {args.arch} with "
+                             f"--moco-dim {args.moco_dim} --moco-k {args.moco_k} --mlp={args.mlp}: {e}") from e
+    return moco
+
+
+def main(argv=None) -> torch.nn.Module:
+    """Pre-train; returns the MoCo module (encoder_q, encoder_k, queue) of this process."""
+    args = config.parse(build_parser(), argv, validate)
+    source = MOCO_DATA[args.dataset]
+    args.arch = args.arch or source.arch
+    args.list_file = args.list_file or source.list_file
+    device = distributed.init(config.resolve_device(args).type) or config.resolve_device(args)
+    resume = load_checkpoint(args.resume) if args.resume else None
+    seed = shared_seed(choose_seed(args, resume), device)
+    seed_everything(seed, deterministic=args.seed is not None)
+    loader = build_loader(args, source, device, seed)
+    moco = build_moco_model(args, device, resume)
+    model = distributed.wrap_ddp(moco, device)
+    optimizer = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+    fields = ("dataset", "arch", "exp_str") if source.list_file else ("dataset", "arch", "imb_type", "imb_factor",
+                                                                      "exp_str")
+    run = RunLog(os.path.join(args.root_log, store_name(args, fields)), dict(config.args_to_dict(args), seed=seed))
+    meta = {"arch": args.arch, "seed": seed, "args": config.args_to_dict(args)}
+    trainer = MocoTrainer(model, optimizer, loader, MocoStep(model), args, run,
+                          os.path.join(args.root_path, args.dataset, "checkpoint"), meta, save_every=args.print_freq)
+    if resume is not None:
+        trainer.restore(resume)
+        run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")
+    world = distributed.world_size()
+    run.print(f"=> MoCo on {args.dataset}: {len(loader.loader.dataset)} images, {world} process(es) x batch "
+              f"{args.batch_size // world}, {len(loader)} steps/epoch, queue {args.moco_k}, seed {seed}, device {device}")
+    trainer.fit()
+    run.close()
+    return moco
+
+
+if __name__ == "__main__":
+    main()
+    distributed.shutdown()

@@ -1,0 +1,187 @@
+"""Rotation self-supervised pre-training (pretrain_rot.py) and the SSP initialisation of train.py: exact
+rotations and balanced labels, the deterministic rotation evaluation, a pre-train -> fine-tune run end to end,
+wrong-architecture errors, and the configs/ssp files."""
+import os
+from glob import glob
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+import pretrain_rot
+import train
+from conftest import REPO_ROOT, write_cifar10
+from engine import config
+from engine.augment import rotate_batch
+from engine.checkpoint import load_checkpoint, load_pretrained_backbone
+from engine.data import DATASETS, make_loader
+from engine.experiment import store_name
+from engine.metrics import evaluate
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests share two cores with other processes: one intra-op thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(tmp_path_factory):
+    """CIFAR-10 layout with 4 training and 4 test images per class (40 with --imb_type none)."""
+    root = tmp_path_factory.mktemp("tiny_cifar10")
+    write_cifar10(root / "cifar-10-batches-py", 4, 4, seed=7)
+    return str(root)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4, 7, 128, 130])
+def test_rotation_labels_are_upstreams_nearly_balanced_draw(batch):
+    torch.manual_seed(0)
+    reps = -(-batch // 4) + 1  # copies of [0, 1, 2, 3] before cutting to the batch
+    draws = [pretrain_rot.rotation_labels(batch, "cpu") for _ in range(20)]
+    for k in draws:
+        counts = torch.bincount(k, minlength=4)
+        assert k.shape == (batch,) and counts.sum() == batch and k.min() >= 0 and k.max() <= 3
+        assert counts.max() <= reps and counts.min() >= reps - (4 * reps - batch)
+    if batch >= 4:
+        assert len({tuple(k.tolist()) for k in draws}) > 1  # drawn afresh for every batch
+    torch.manual_seed(0)
+    assert torch.equal(pretrain_rot.rotation_labels(batch, "cpu"), draws[0])  # the run seed fixes the stream
+
+
+def test_rotate_batch_transform_is_an_exact_rot90_with_matching_labels():
+    torch.manual_seed(3)
+    x, y = torch.randn(16, 3, 8, 8), torch.arange(16)
+    rotated, k = pretrain_rot.rotate(x, y)
+    assert set(k.tolist()) == {0, 1, 2, 3}
+    for i in range(16):
+        assert torch.equal(rotated[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
+        assert torch.equal(torch.rot90(rotated[i], -int(k[i]), dims=(1, 2)), x[i])
+
+
+def test_rotation_sets_hold_all_four_rotations_and_balanced_counts():
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    test = pretrain_rot.rotated_test_set(SimpleNamespace(data=images))
+    assert test.targets == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3] and test.get_cls_num_list() == [3, 3, 3, 3]
+    as_torch = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for k in range(4):
+        expected = rotate_batch(as_torch, torch.full((3,), k)).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(test.data[3 * k:3 * k + 3], expected)
+        assert np.array_equal(test.data[3 * k], np.rot90(images[0], k))
+    train_images = np.zeros((10, 8, 8, 3), np.uint8)
+    train_set = pretrain_rot.rotation_train_set(SimpleNamespace(data=train_images))
+    assert train_set.get_cls_num_list() == [3, 3, 2, 2] and np.shares_memory(train_set.data, train_images)
+
+
+class CornerModel(nn.Module):
+    """Reads the rotation of an image whose only bright pixel starts top-left: a k * 90 degree CCW turn moves
+    it to top-left, bottom-left, bottom-right, top-right for k = 0, 1, 2, 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x):
+        s = x.sum(dim=1)
+        return torch.stack([s[:, 0, 0], s[:, -1, 0], s[:, -1, -1], s[:, 0, -1]], dim=1) + self.bias
+
+
+class ConstantModel(CornerModel):
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], 4)
+
+
+def test_rotation_evaluation_scores_every_test_image_under_all_four_rotations():
+    images = np.zeros((5, 32, 32, 3), np.uint8)
+    images[:, 0, 0] = 255
+    spec = DATASETS["cifar10"]
+    loader = make_loader(pretrain_rot.rotated_test_set(SimpleNamespace(data=images)), spec,
+                         SimpleNamespace(eval_batch_size=6, loader="device"), torch.device("cpu"), train=False)
+    perfect = evaluate(CornerModel(), loader, 4)
+    assert perfect["top1"] == 100.0 and perfect["per_class"] == [100.0] * 4
+    always_zero = ConstantModel()
+    with torch.no_grad():
+        always_zero.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    constant = evaluate(always_zero, loader, 4)
+    assert constant["top1"] == 25.0 and constant["per_class"] == [100.0, 0.0, 0.0, 0.0]
+    assert evaluate(always_zero, loader, 4) == constant  # no random rotation: the same number every time
+
+
+def test_parser_defaults_and_store_name():
+    parser = pretrain_rot.build_parser()
+    a = parser.parse_args([])
+    assert (a.arch, a.gpu, a.exp_str, a.epochs, a.batch_size, a.lr, a.weight_decay, a.momentum) == \
+        ("resnet32", None, "pretrain_rot", 200, 128, 0.1, 2e-4, 0.9)
+    assert (a.loss_type, a.train_rule, a.lr_schedule, a.milestones, a.warmup_epochs) == \
+        ("CE", "None", "step", [160, 180], 5)
+    assert store_name(a) == "cifar10_resnet32_CE_None_exp_0.01_pretrain_rot"
+    assert "resnet50" in parser.format_help() and "issue #22" in parser.format_help()
+
+
+def run_flags(root, tmp_path, *extra):
+    return ["--dataset", "cifar10", "--data_path", root, "--imb_type", "none", "--epochs", "1", "-b", "8",
+            "--device", "cpu", "--seed", "0", "--root_log", str(tmp_path / "log"),
+            "--root_model", str(tmp_path / "ckpt"), "-a", "resnet20", "--eval_batch_size", "80", *extra]
+
+
+def test_pretrain_rot_then_train_from_its_checkpoint(tiny_cifar10, tmp_path, capsys):
+    summary = pretrain_rot.main(run_flags(tiny_cifar10, tmp_path))
+    name = "cifar10_resnet20_CE_None_none_0.01_pretrain_rot"
+    path = str(tmp_path / "ckpt" / name / "ckpt.pth.tar")
+    ckpt = load_checkpoint(path)
+    assert ckpt["num_classes"] == 4 and ckpt["state_dict"]["fc.weight"].shape == (4, 64)
+    assert ckpt["cls_num_list"] == [10, 10, 10, 10]  # the loss saw balanced rotation classes, not the 10 labels
+    last = summary["last"]
+    assert len(last["per_class"]) == 4 and (last["top1"] * 160 / 100) == pytest.approx(round(last["top1"] * 1.6))
+    assert (tmp_path / "log" / name / "final.json").exists()
+    evaluated = pretrain_rot.main(run_flags(tiny_cifar10, tmp_path, "-e", "--resume", path))
+    assert evaluated["top1"] == last["top1"] and evaluated["per_class"] == last["per_class"]
+
+    model = models.build_model("resnet20", 10)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_pretrained_backbone(model, path)
+    assert report["missing"] == ["fc.weight", "fc.bias"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh[k] if k.startswith("fc.") else ckpt["state_dict"][k]), k
+    assert not torch.equal(model.layer3[2].conv2.weight, fresh["layer3.2.conv2.weight"])
+
+    capsys.readouterr()
+    train.main(run_flags(tiny_cifar10, tmp_path, "--loss_type", "LDAM", "--train_rule", "DRW",
+                         "--pretrained_model", path))
+    out = capsys.readouterr().out
+    assert f"=> self-supervised init from {path}: loaded {len(report['loaded'])} tensors, fresh: ['fc.weight']" in out
+    assert (tmp_path / "ckpt" / "cifar10_resnet20_LDAM_DRW_none_0.01_ss_pretrained" / "ckpt.pth.tar").exists()
+
+    with pytest.raises(ValueError, match="lacks backbone weights"):
+        train.main(run_flags(tiny_cifar10, tmp_path, "-a", "resnet32", "--pretrained_model", path))
+    with pytest.raises(ValueError, match="another architecture"):
+        train.main(run_flags(tiny_cifar10, tmp_path, "-a", "resnet10", "--pretrained_model", path))
+
+
+def test_ssp_configs_load_and_point_at_their_pretraining_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relative checkpoint paths of the configs resolve here
+    paths = sorted(glob(str(REPO_ROOT / "configs" / "ssp" / "*.yaml")))
+    pretrain = [p for p in paths if os.path.basename(p).startswith("pretrain_rot_")]
+    finetune = [p for p in paths if p not in pretrain]
+    checkpoints = {}
+    for path in pretrain:
+        a = config.parse(pretrain_rot.build_parser(), ["--config", path])
+        assert (a.arch, a.loss_type, a.train_rule, a.epochs, a.batch_size, a.lr) == \
+            ("resnet32", "CE", "None", 200, 128, 0.1)
+        checkpoints[(a.dataset, a.imb_factor)] = os.path.join(a.root_model, store_name(a), "ckpt.pth.tar")
+    assert set(checkpoints) == {(d, f) for d in ("cifar10", "cifar100") for f in (0.01, 0.02, 0.1)}
+    for ckpt in checkpoints.values():
+        os.makedirs(os.path.dirname(ckpt))
+        open(ckpt, "wb").close()
+    rows = set()
+    for path in finetune:
+        a = config.parse(train.build_parser(), ["--config", path])  # validates --pretrained_model exists
+        assert a.pretrained_model == checkpoints[(a.dataset, a.imb_factor)], path
+        assert (a.arch, a.epochs, a.batch_size, a.lr, a.weight_decay) == ("resnet32", 200, 128, 0.1, 2e-4)
+        rows.add((a.loss_type, a.train_rule))
+    assert len(finetune) == 18 and rows == {("CE", "None"), ("CE", "Reweight"), ("LDAM", "DRW")}
