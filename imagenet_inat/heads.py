@@ -1,0 +1,100 @@
+"""The decoupled recipe's stages and classifier heads (Kang et al. 2020, "Decoupling Representation and
+Classifier for Long-Tailed Recognition").
+
+* ``feature``: joint training of backbone and linear head (the representation-learning stage; the
+  reference's "CE (Uniform)" or "CE (Balanced)" depending on the sampler). Initialised from a
+  self-supervised backbone (MoCo / rotation) or from scratch.
+* ``crt``: classifier re-training (Sec. 4): a freshly initialised dot-product head ``fc`` (Linear with bias)
+  trained, usually with class-aware sampling, on the frozen backbone of a stage-1 model. Frozen = every
+  backbone parameter has ``requires_grad=False`` and is left out of the optimiser.
+  BatchNorm running statistics: the reference puts the whole network in train mode each epoch, so the
+  frozen backbone's BN statistics keep being re-estimated on class-balanced batches (SPEC section 8).
+  ``freeze_bn=False`` (default) keeps that behaviour; ``freeze_bn=True`` keeps the backbone's BN layers
+  in eval mode, so the stage-1 features are used exactly as they were (weights *and* statistics unchanged).
+* ``tau_norm``: no training. The stage-1 head's weights are rescaled, w_c <- w_c / ||w_c||_2^tau
+  (Sec. 4, "tau-normalized classifier"), and the bias is dropped (logits = <g(x), w_c / ||w_c||^tau>, as the
+  authors' evaluation does); tau = 0 keeps the weights, tau = 1 is L2 normalisation. tau is chosen on the
+  validation split over a grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from engine.trainer import ClassificationStep
+
+HEAD = "fc"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage does: whether it trains, whether the backbone learns, what it takes from ``init``.
+
+    ``load``: 'backbone' (fresh head; MoCo, rotation or stage-1 checkpoints) or 'model' (the whole classifier).
+    """
+    trains: bool
+    train_backbone: bool
+    load: str
+    needs_init: bool
+
+
+STAGES: dict[str, Stage] = {
+    "feature": Stage(trains=True, train_backbone=True, load="backbone", needs_init=False),
+    "crt": Stage(trains=True, train_backbone=False, load="backbone", needs_init=True),
+    "tau_norm": Stage(trains=False, train_backbone=False, load="model", needs_init=True),
+}
+
+
+def is_head(name: str) -> bool:
+    return name.split(".")[0] == HEAD
+
+
+def freeze_backbone(model: nn.Module) -> list[nn.Parameter]:
+    """Set ``requires_grad=False`` on every parameter outside the head; returns the head's parameters."""
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_head(name))
+        if is_head(name):
+            trainable.append(p)
+    return trainable
+
+
+def backbone_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_head(name)]
+
+
+class FrozenBNStep(ClassificationStep):
+    """A ``ClassificationStep`` that keeps the backbone's BatchNorm layers in eval mode (``freeze_bn``).
+
+    ``Trainer.train_epoch`` calls ``model.train()`` and then ``step.start_epoch``: this hook runs after it
+    and puts the BN layers back in eval mode for the whole epoch (evaluation restores train mode only
+    after the epoch's steps).
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, rule=None, bn_model: nn.Module | None = None):
+        super().__init__(model, criterion, rule)
+        self.batchnorms = backbone_batchnorms(bn_model if bn_model is not None else model)
+
+    def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
+        for bn in self.batchnorms:
+            bn.eval()
+
+
+def tau_normalized(fc: nn.Linear, tau: float) -> nn.Linear:
+    """A Linear with rows w_c / ||w_c||_2^tau and a zero bias (Kang et al. 2020, Sec. 4); ``fc`` is untouched.
+
+    The bias is kept as zeros so the result has the layout of a plain ``fc`` (its checkpoint loads anywhere).
+    """
+    if not isinstance(fc, nn.Linear):
+        raise TypeError(f"tau-normalisation needs a linear (dot-product) head, got {type(fc).__name__} "
+                        "(the LDAM cosine head is already normalised)")
+    out = nn.Linear(fc.in_features, fc.out_features, bias=True).to(fc.weight.device)
+    with torch.no_grad():
+        norms = fc.weight.norm(p=2, dim=1, keepdim=True)
+        out.weight.copy_(fc.weight / norms.pow(tau))
+        out.bias.zero_()
+    return out

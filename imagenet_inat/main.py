@@ -1,0 +1,389 @@
+"""ImageNet-LT / iNaturalist 2018: the decoupled two-stage recipe driven by YAML configs.
+
+    python -m imagenet_inat.main --cfg imagenet_inat/config/ImageNet_LT/feat_uniform.yaml --model_dir MOCO.pth.tar
+    python -m imagenet_inat.main --cfg imagenet_inat/config/ImageNet_LT/cls_crt.yaml       # cRT on stage 1
+    python -m imagenet_inat.main --cfg imagenet_inat/config/ImageNet_LT/cls_crt.yaml --test
+    torchrun --nproc_per_node 8 -m imagenet_inat.main --cfg imagenet_inat/config/ImageNet_LT/feat_balance.yaml
+
+Config keys are this script's flag names (``python -m imagenet_inat.main --help``); command-line flags win
+over the config, an unknown key is an error. ``--model_dir`` is the reference's flag: when training it replaces
+``init`` (the checkpoint or stage-1 folder to start from); with ``--test`` it names the checkpoint to evaluate
+(default: the config's own ``log_dir``). Stages, samplers and heads: imagenet_inat/heads.py, samplers.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import losses
+import models
+from engine import config, distributed, schedules
+from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
+                               save_checkpoint)
+from engine.config import args_to_dict, resolve_device
+from engine.experiment import build_classifier, choose_seed, print_report, seed_everything, uses_normed_head
+from engine.loaders import TorchLoader
+from engine.metrics import evaluate
+from engine.runlog import RunLog, write_json
+from engine.trainer import ClassificationStep, Trainer
+from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
+from imagenet_inat.heads import STAGES, FrozenBNStep, freeze_backbone, tau_normalized
+from imagenet_inat.samplers import SAMPLERS, ShardSampler, build_sampler, shard_union
+
+IMAGENET_ARCHS = [name for name in models.resnet.__all__ if name in models.ARCHS]
+SPLITS = ("train", "val", "test")
+BEST, LAST = "ckpt.best.pth.tar", "ckpt.pth.tar"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="ImageNet_LT", choices=sorted(LT_DATASETS),
+                   help="normalisation, colour jitter, class count and split-file names")
+    g.add_argument("--data_root", default="./data", help="folder the split files' image paths are relative to")
+    for split in SPLITS:
+        g.add_argument(f"--{split}_split", default=None,
+                       help=f"{split} split file (default: the dataset's file name inside --data_root)")
+    g.add_argument("--num_classes", type=int, default=None, help="default: the dataset's (1000, 8142)")
+    g.add_argument("--crop_size", type=int, default=224, help="training crop and evaluation centre crop")
+    g.add_argument("--resize_size", type=int, default=256, help="evaluation: shorter side before the centre crop")
+
+    g = p.add_argument_group("model and loss")
+    g.add_argument("-a", "--arch", default="resnet50", choices=IMAGENET_ARCHS, help="backbone + linear head fc")
+    g.add_argument("--loss_type", default="CE", choices=sorted(losses.LOSSES), help="loss (the reference: CE)")
+    g.add_argument("--train_rule", default="None", choices=sorted(n for n, r in losses.TRAIN_RULES.items()
+                                                                   if not r.resample),
+                   help="loss re-weighting rule (re-sampling is --sampler)")
+    losses.add_loss_args(p)
+
+    g = p.add_argument_group("stage")
+    g.add_argument("--stage", default="feature", choices=sorted(STAGES),
+                   help="feature: joint training; crt: new head on the frozen backbone; tau_norm: rescale the head")
+    g.add_argument("--init", default=None,
+                   help="start from: a MoCo/rotation checkpoint (backbone only), a stage-1 checkpoint or run folder")
+    g.add_argument("--sampler", default="instance", choices=sorted(SAMPLERS), help="training sampler")
+    g.add_argument("--samples_per_class", type=int, default=4, help="class_aware: consecutive draws per class")
+    g.add_argument("--freeze_bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="crt: keep the frozen backbone's BatchNorm statistics (the reference re-estimates them)")
+    g.add_argument("--tau_grid", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(11)],
+                   help="tau_norm: values of tau tried on the validation split")
+
+    config.add_optim_args(p, epochs=90, batch_size=128, lr=0.2, weight_decay=5e-4, schedule="cosine",
+                          warmup_epochs=0)
+    p.add_argument("--batch_size", dest="batch_size", type=int, default=argparse.SUPPRESS,
+                   help="total batch size over all processes (same as -b)")
+    config.add_speed_args(p)
+    p.set_defaults(loader="torch", eval_batch_size=256)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--cfg", dest="config", required=True, help="YAML config (keys: the flag names)")
+    g.add_argument("--test", action="store_true", help="evaluate a checkpoint (--model_dir, else log_dir's best)")
+    g.add_argument("--model_dir", default=None,
+                   help="training: replaces init; --test: the checkpoint file or run folder to evaluate")
+    g.add_argument("--log_dir", default="./log/imagenet_inat", help="this stage's logs and checkpoints")
+    g.add_argument("--resume", default="", help="continue the interrupted run of this checkpoint (ckpt.pth.tar)")
+    g.add_argument("--output_logits", action="store_true", help="also save logits_{split}.npz of the final split")
+    g.add_argument("--seed", type=int, default=None, help="training seed (init, sampling, augmentation)")
+    g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if present")
+    g.add_argument("--gpu", type=int, default=0, help="CUDA device index (single process)")
+    g.add_argument("-j", "--workers", type=int, default=8, help="data-loading worker processes per process")
+    g.add_argument("-p", "--print-freq", type=int, default=50, help="progress-bar refresh period in steps")
+    return p
+
+
+# -- validation ---------------------------------------------------------------------------------------------
+def checkpoint_path(path: str, flag: str) -> str:
+    """A checkpoint file, or the best checkpoint of a run folder."""
+    if os.path.isdir(path):
+        path = os.path.join(path, BEST)
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag}: no checkpoint at {path!r} (give a .pth.tar file or a run folder holding {BEST})")
+    return path
+
+
+def resolve_splits(args: argparse.Namespace) -> None:
+    """Fill in default split paths and check them against num_classes and the data root."""
+    spec = LT_DATASETS[args.dataset]
+    args.num_classes = args.num_classes or spec.num_classes
+    if not os.path.isdir(args.data_root):
+        raise ValueError(f"--data_root: no folder {args.data_root!r}")
+    for split in SPLITS:
+        key = f"{split}_split"
+        if getattr(args, key) is None and spec.splits[split] is not None:
+            setattr(args, key, os.path.join(args.data_root, spec.splits[split]))
+        path = getattr(args, key)
+        if path is None:
+            continue
+        paths, labels = read_split_file(path)
+        if labels.max() >= args.num_classes:
+            raise ValueError(f"--{key} {path!r} has label {int(labels.max())} but num_classes is {args.num_classes}")
+        if not os.path.isfile(os.path.join(args.data_root, paths[0])):
+            raise ValueError(f"--{key} {path!r}: its first image {paths[0]!r} is not under --data_root "
+                             f"{args.data_root!r}: is the data root right?")
+        if split == "train":
+            empty = np.flatnonzero(np.bincount(labels, minlength=args.num_classes) == 0)
+            if len(empty):
+                raise ValueError(f"--{key} {path!r} has no image of classes {empty[:10].tolist()} "
+                                 f"({len(empty)} of num_classes={args.num_classes}): set num_classes")
+            if len(labels) < args.batch_size:
+                raise ValueError(f"--batch_size {args.batch_size} exceeds the {len(labels)} training images of "
+                                 f"{path!r}: an epoch would have no step")
+
+
+def validate(args: argparse.Namespace) -> None:
+    stage = STAGES[args.stage]
+    for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--lr", args.lr),
+                        ("--eval_batch_size", args.eval_batch_size), ("--crop_size", args.crop_size),
+                        ("--samples_per_class", args.samples_per_class)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.resize_size < args.crop_size:
+        raise ValueError(f"--resize_size ({args.resize_size}) must be >= --crop_size ({args.crop_size})")
+    if not 0 <= args.start_epoch <= args.epochs:
+        raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
+    schedules.validate_schedule(args)
+    if args.loader != "torch":
+        raise ValueError("--loader must be torch here: images are decoded by DataLoader workers "
+                         "(--loader device holds CIFAR-size arrays on the device)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.freeze_bn and args.stage != "crt":
+        raise ValueError(f"freeze_bn applies to stage crt (the frozen backbone), not stage {args.stage}")
+    if args.stage == "tau_norm" and uses_normed_head(args.loss_type):
+        raise ValueError(f"stage tau_norm rescales a dot-product head; --loss_type {args.loss_type} uses a cosine head")
+    if args.test:
+        checkpoint_path(args.model_dir or args.log_dir, "--model_dir" if args.model_dir else "--test (log_dir)")
+        if args.resume:
+            raise ValueError("--resume continues training; with --test give the checkpoint as --model_dir")
+    else:
+        init = args.model_dir or args.init
+        if stage.needs_init and not init:
+            raise ValueError(f"stage {args.stage} starts from a trained model: set init (or --model_dir) to the "
+                             "stage-1 run folder or checkpoint")
+        if init and not args.resume:
+            checkpoint_path(init, "--model_dir" if args.model_dir else "init")
+        if args.resume and not stage.trains:
+            raise ValueError(f"--resume continues training; stage {args.stage} does not train")
+        if args.resume and not os.path.isfile(args.resume):
+            raise ValueError(f"--resume: no file {args.resume!r}")
+    resolve_splits(args)
+
+
+# -- data -------------------------------------------------------------------------------------------------
+def build_splits(args: argparse.Namespace) -> dict[str, ListDataset]:
+    spec = LT_DATASETS[args.dataset]
+    out = {}
+    for split in SPLITS:
+        path = getattr(args, f"{split}_split")
+        if path is not None:
+            transform = list_transform(spec, split == "train", args.crop_size, args.resize_size)
+            out[split] = ListDataset(args.data_root, path, transform, args.num_classes, decode="tensor")
+    return out
+
+
+def eval_loader(dataset: ListDataset, args, device: torch.device) -> TorchLoader:
+    """Dataset order, each rank its shard (exact metrics once ``evaluate`` sums the ranks' confusions)."""
+    return TorchLoader(dataset, batch_size=args.eval_batch_size, device=device, train=False, workers=args.workers,
+                       sampler=ShardSampler(len(dataset)), channels_last=args.channels_last)
+
+
+def train_loader(dataset: ListDataset, args, device: torch.device, seed: int) -> TorchLoader:
+    """floor(N / batch) steps per epoch; each rank takes batch / world of every global batch."""
+    sampler = build_sampler(args.sampler, dataset.targets, seed, args.samples_per_class)
+    return TorchLoader(dataset, batch_size=args.batch_size // distributed.world_size(), device=device, train=True,
+                       workers=args.workers, sampler=sampler, drop_last=True, channels_last=args.channels_last)
+
+
+# -- distributed helpers ------------------------------------------------------------------------------------
+def shared_seed(seed: int, device: torch.device) -> int:
+    """Rank 0's seed on every rank (the samplers must draw the same global order everywhere)."""
+    t = torch.tensor([seed if distributed.is_main() else 0], dtype=torch.long, device=device)
+    return int(distributed.all_reduce_sum(t).item())
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's BatchNorm statistics to every rank (DDP re-broadcasts them only before training forwards)."""
+    if distributed.world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def gather_shards(array: np.ndarray) -> np.ndarray:
+    """The full array from the ranks' ``ShardSampler`` shards."""
+    if distributed.world_size() == 1:
+        return array
+    shards = [None] * distributed.world_size()
+    dist.all_gather_object(shards, array)
+    return shard_union(shards)
+
+
+def replica_checksum(model: torch.nn.Module) -> float:
+    """Sum of every parameter and buffer: identical on all ranks when DDP keeps the replicas in sync."""
+    return float(sum(t.double().sum().item() for t in [*model.parameters(), *model.buffers()]))
+
+
+# -- evaluation and outputs -----------------------------------------------------------------------------
+def evaluate_split(model, loader, args, counts) -> dict:
+    """Top-1/5, per-class and many/medium/few accuracy (autocast only on CUDA, like the Trainer)."""
+    sync_buffers(model)
+    amp = args.amp and next(model.parameters()).device.type == "cuda"
+    return evaluate(model, loader, args.num_classes, counts, amp=amp)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, amp: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of this rank's shard, for --output_logits."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def final_report(model, splits, args, counts, run: RunLog, title: str) -> dict:
+    """Evaluate on test (else val), print it, write {log_dir}/eval_{split}.json and optionally the logits."""
+    split = "test" if "test" in splits else "val"
+    loader = eval_loader(splits[split], args, next(model.parameters()).device)
+    metrics = dict(evaluate_split(model, loader, args, counts), split=split)
+    print_report(run, f"{title} on {split}", metrics)
+    if args.output_logits:
+        logits, labels = (gather_shards(a) for a in predict(model, loader, args.amp))
+        if distributed.is_main():
+            atomic_write(os.path.join(args.log_dir, f"logits_{split}.npz"),
+                         lambda f: np.savez(f, logits=logits, labels=labels, paths=splits[split].paths))
+    if distributed.is_main():
+        write_json(os.path.join(args.log_dir, f"eval_{split}.json"), metrics)
+    return metrics
+
+
+# -- stages -------------------------------------------------------------------------------------------------
+def initialise(model, args, run: RunLog) -> None:
+    """Load ``init`` (or --model_dir) as the stage asks: the backbone only, or the whole classifier."""
+    init = args.model_dir or args.init
+    if not init:
+        return
+    flag = "--model_dir" if args.model_dir else "init"
+    path = checkpoint_path(init, flag)
+    if STAGES[args.stage].load == "model":
+        load_model_weights(model, load_checkpoint(path, flag), flag)
+        run.print(f"=> whole classifier from {path}")
+        return
+    report = load_pretrained_backbone(model, path, flag)
+    run.print(f"=> backbone from {path}: {len(report['loaded'])} tensors loaded, fresh: {report['missing']}")
+
+
+def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict | None) -> dict:
+    """Stages feature and crt: the core Trainer with model selection on val, then the final test."""
+    device = next(model.parameters()).device
+    counts = splits["train"].get_cls_num_list()
+    trainable = list(model.parameters()) if STAGES[args.stage].train_backbone else freeze_backbone(model)
+    net = distributed.wrap_ddp(model, device)
+    step_model = torch.compile(net) if args.compile else net
+    criterion = losses.build_loss(args.loss_type, counts, args).to(device)
+    rule = losses.build_train_rule(args.train_rule, counts, args)
+    step = (FrozenBNStep(step_model, criterion, rule, bn_model=model) if args.freeze_bn
+            else ClassificationStep(step_model, criterion, rule))
+    optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    val_loader = eval_loader(splits["val"], args, device)
+    trainer = Trainer(net, optimizer, train_loader(splits["train"], args, device, seed), step, args, run,
+                      args.log_dir, meta, evaluate=lambda: evaluate_split(model, val_loader, args, counts))
+    if resume is not None:
+        load_model_weights(model, resume)
+        trainer.restore(resume)
+        run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")
+    summary = trainer.fit()
+    if distributed.world_size() > 1:
+        print(f"=> rank {distributed.rank()}/{distributed.world_size()}: replica checksum "
+              f"{replica_checksum(model):.10e}", flush=True)
+    print_report(run, f"Last epoch ({summary['epochs']}) on val", summary["last"])
+    print_report(run, f"Best epoch ({summary['best_epoch'] + 1}) on val", summary["best"])
+    distributed.barrier()
+    best = os.path.join(args.log_dir, BEST)
+    load_model_weights(model, load_checkpoint(best, "best checkpoint"), "best checkpoint")
+    title = f"Best-on-val model (epoch {summary['best_epoch'] + 1})"
+    summary["final"] = final_report(model, splits, args, counts, run, title)
+    summary["selection"] = "best = highest val top-1 over epochs; final = that model on test (val if no test split)"
+    run.final(summary)
+    return summary
+
+
+def tau_norm(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict | None) -> dict:
+    """Stage tau_norm: choose tau on val, save the rescaled classifier, evaluate it on test."""
+    device = next(model.parameters()).device
+    counts = splits["train"].get_cls_num_list()
+    val_loader = eval_loader(splits["val"], args, device)
+    fc = model.fc
+    sweep = {}
+    for tau in args.tau_grid:
+        model.fc = tau_normalized(fc, tau)
+        sweep[tau] = evaluate_split(model, val_loader, args, counts)["top1"]
+        run.print(f"tau {tau:g}: val Prec@1 {sweep[tau]:.3f}")
+    best_tau = max(sweep, key=sweep.get)
+    model.fc = tau_normalized(fc, best_tau)
+    run.print(f"=> tau = {best_tau:g} (best val Prec@1 {sweep[best_tau]:.3f})")
+    if distributed.is_main():
+        state = dict(meta, epoch=0, state_dict=model.state_dict(), tau=best_tau, best_acc1=sweep[best_tau])
+        save_checkpoint(state, os.path.join(args.log_dir, LAST), os.path.join(args.log_dir, BEST))
+    summary = {"tau": best_tau, "val_top1_by_tau": {str(t): a for t, a in sweep.items()},
+               "final": final_report(model, splits, args, counts, run, f"tau-normalised (tau={best_tau:g})")}
+    run.final(summary)
+    return summary
+
+
+STAGE_RUNNERS = {"feature": train, "crt": train, "tau_norm": tau_norm}
+
+
+def run_test(model, splits, args, run: RunLog) -> dict:
+    flag = "--model_dir" if args.model_dir else "--test (log_dir)"
+    path = checkpoint_path(args.model_dir or args.log_dir, flag)
+    load_model_weights(model, load_checkpoint(path, flag), flag)
+    return dict(final_report(model, splits, args, splits["train"].get_cls_num_list(), run, f"Evaluation of {path}"),
+                checkpoint=path)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict:
+    world = distributed.world_size()
+    if args.batch_size % world:
+        raise SystemExit(f"error: --batch_size {args.batch_size} must be divisible by the {world} processes")
+    resume = None if args.test or not args.resume else load_checkpoint(args.resume)
+    seed = shared_seed(choose_seed(args, resume), device)
+    # The samplers use ``seed`` itself; torch's global generator (model init, the workers' augmentation seeds)
+    # is offset by the rank so ranks do not crop alike. DDP copies rank 0's initial weights to every rank.
+    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)
+    splits = build_splits(args)
+    model = build_classifier(args, args.num_classes, device)
+    trains = STAGES[args.stage].trains and not args.test
+    run_log = RunLog(args.log_dir, None if args.test else dict(args_to_dict(args), seed=seed), tensorboard=trains)
+    run_log.print(f"=> {args.dataset} stage {args.stage}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())
+                  + f" images, {args.num_classes} classes, {args.arch}, {world} process(es), seed {seed}, {device}")
+    try:
+        if args.test:
+            return run_test(model, splits, args, run_log)
+        if resume is None:
+            initialise(model, args, run_log)
+        meta = {"arch": args.arch, "num_classes": args.num_classes, "use_norm": uses_normed_head(args.loss_type),
+                "seed": seed, "stage": args.stage, "cls_num_list": splits["train"].get_cls_num_list(),
+                "args": args_to_dict(args)}
+        return STAGE_RUNNERS[args.stage](model, splits, args, run_log, seed, meta, resume)
+    finally:
+        run_log.close()
+
+
+def main(argv=None) -> dict:
+    args = config.parse(build_parser(), argv, validate)
+    device = distributed.init("cuda" if resolve_device(args).type == "cuda" else "cpu") or resolve_device(args)
+    try:
+        return run(args, device)
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
