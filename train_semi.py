@@ -1,0 +1,124 @@
+"""Semi-supervised long-tailed training on CIFAR-10-LT and SVHN-LT with pseudo-labeled unlabeled data (Yang & Xu
+2020, sec. 3, step 3 of the pipeline; SPEC section 1.2).
+
+The training set is the labeled long-tailed set D_L (true labels) followed by D_U, drawn from the unlabeled pool
+with its own imbalance rho_U = 1/--imb_factor_unlabel and labeled by gen_pseudolabels.py. Training is train.py's:
+one shuffled loader over D_L + D_U (loss weight 1, no threshold), and the class counts n_c that drive LDAM margins,
+Reweight/DRW weights and Resample include the pseudo-labels (as upstream).
+
+    python train.py --dataset cifar10 --imb_factor 0.01 --loss_type CE                      # 1. base model on D_L
+    python gen_pseudolabels.py --dataset cifar10 --resume CKPT                              # 2. label the pool
+    python train_semi.py --dataset cifar10 --imb_factor 0.01 --imb_factor_unlabel 0.01      # 3. D_L + D_U
+    python train_semi.py --config configs/semi/cifar10_exp50_ru1_CE_None.yaml
+    python train_semi.py --dataset cifar10 --resume CKPT -e                                 # evaluate
+
+Stand-in for the withdrawn Tiny Images (--unlabeled_source cifar10_train, DARP/CReST sizes --labeled_max 1500
+--unlabeled_max 3000): step 1 is ``train_semi.py --labeled_only`` with the same flags, since D_L is then smaller
+than train.py's long-tailed set (configs/semi/cifar10_standin_exp100_base.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+
+import imbalance_cifar
+from engine import config, pseudolabel
+from engine.data import DATASETS
+from engine.experiment import run_classification, store_name
+from imbalance_svhn import ImbalanceSVHN, SemiSupervisedImbalanceSVHN
+
+STORE_FIELDS = ("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "imb_factor_unlabel",
+                "exp_str")
+CIFAR10_ONLY = ("labeled_max", "unlabeled_max")
+
+
+def _lt_kwargs(args: argparse.Namespace) -> dict:
+    return dict(imb_type=args.imb_type, imb_factor=args.imb_factor, rand_number=args.rand_number)
+
+
+def _semi_kwargs(args: argparse.Namespace) -> dict:
+    return dict(imb_factor_unlabel=args.imb_factor_unlabel, pseudo_label_file=args.pseudo_label_file,
+                unlabel_size_factor=args.unlabel_size_factor)
+
+
+def cifar10_labeled(args: argparse.Namespace) -> imbalance_cifar.ImageArrayDataset:
+    """D_L of the semi-supervised CIFAR-10 set alone: ImbalanceCIFAR10's seeded long-tailed draw with
+    img_max = --labeled_max (default: 5000, which gives ImbalanceCIFAR10 itself)."""
+    data, labels, classes = imbalance_cifar.read_cifar(args.data_path, imbalance_cifar.CIFAR10, train=True)
+    img_max = len(labels) / len(classes) if args.labeled_max is None else args.labeled_max
+    counts = imbalance_cifar.get_img_num_per_cls(img_max, len(classes), args.imb_type, args.imb_factor)
+    keep = imbalance_cifar.long_tail_indices(labels, range(len(classes)), counts, args.rand_number)
+    return imbalance_cifar.ImageArrayDataset(data[keep], labels[keep], classes)
+
+
+# dataset -> builder of D_L + D_U
+SEMI_SETS = {
+    "cifar10": lambda a: imbalance_cifar.SemiSupervisedImbalanceCIFAR10(
+        a.data_path, train=True, unlabeled_source=a.unlabeled_source, labeled_max=a.labeled_max,
+        unlabeled_max=a.unlabeled_max, **_lt_kwargs(a), **_semi_kwargs(a)),
+    "svhn": lambda a: SemiSupervisedImbalanceSVHN(a.data_path, split="train", **_lt_kwargs(a), **_semi_kwargs(a)),
+}
+# dataset -> builder of D_L alone (--labeled_only: the base classifier of the pipeline)
+LABELED_SETS = {
+    "cifar10": cifar10_labeled,
+    "svhn": lambda a: ImbalanceSVHN(a.data_path, split="train", **_lt_kwargs(a)),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_data_args(p, sorted(SEMI_SETS))
+    config.add_model_args(p)
+    config.add_optim_args(p, batch_size=256)
+    config.add_run_args(p, exp_str=None)
+    config.add_speed_args(p)
+    config.add_eval_args(p)
+    g = p.add_argument_group("semi-supervised")
+    g.add_argument("--imb_factor_unlabel", type=float, default=0.01,
+                   help="imbalance factor 1/rho_U of the unlabeled set D_U (0.01 = rho_U 100)")
+    pseudolabel.add_unlabeled_source_arg(g)
+    g.add_argument("--pseudo_label_file", default=None,
+                   help="gen_pseudolabels.py's output (default: {data_path}/pseudo_labeled_{cifar|svhn}.npz if "
+                        "present, else the upstream .pickle name)")
+    g.add_argument("--unlabel_size_factor", type=float, default=5,
+                   help="|D_U| = this x |D_L|, split over classes with rho_U (upstream rule; ignored with "
+                        "--unlabeled_max)")
+    g.add_argument("--labeled_max", type=int, default=None,
+                   help="cifar10: labeled images of the head class (default 5000), n_i = labeled_max * "
+                        "imb_factor**(i/9)")
+    g.add_argument("--unlabeled_max", type=int, default=None,
+                   help="cifar10: unlabeled images of the head class, u_i = unlabeled_max * "
+                        "imb_factor_unlabel**(i/9) (DARP/CReST rule, replaces --unlabel_size_factor)")
+    g.add_argument("--labeled_only", action="store_true",
+                   help="train on D_L alone (the base classifier for gen_pseudolabels.py; with --labeled_max D_L "
+                        "differs from train.py's set); --exp_str defaults to semi_base instead of semi")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """train.py's checks plus the semi-supervised flags; resolves --unlabeled_source and --pseudo_label_file."""
+    config.validate_common(args)
+    args.exp_str = args.exp_str or ("semi_base" if args.labeled_only else "semi")
+    imbalance_cifar.check_imb_factor(args.imb_factor_unlabel, "--imb_factor_unlabel")
+    args.unlabeled_source = pseudolabel.resolve_source(args.dataset, args.unlabeled_source)
+    for dest in CIFAR10_ONLY:
+        if args.dataset != "cifar10" and getattr(args, dest) is not None:
+            raise ValueError(f"--{dest} is for --dataset cifar10 only (SVHN-LT has a fixed img_max of 1000 and "
+                             "the upstream --unlabel_size_factor rule)")
+    for dest in (*CIFAR10_ONLY, "unlabel_size_factor"):
+        value = getattr(args, dest)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{dest} must be positive, got {value}")
+    if not args.labeled_only:
+        args.pseudo_label_file = pseudolabel.resolve_file(args.dataset, args.data_path, args.pseudo_label_file,
+                                                          args.unlabeled_source)
+
+
+def main(argv=None):
+    args = config.parse(build_parser(), argv, validate)
+    spec = DATASETS[args.dataset]
+    train_set = (LABELED_SETS if args.labeled_only else SEMI_SETS)[args.dataset](args)
+    return run_classification(args, spec, train_set, spec.test(args), store_name(args, STORE_FIELDS))
+
+
+if __name__ == "__main__":
+    main()
