@@ -1,0 +1,321 @@
+"""reproduce.py / engine.tables: table specs load and validate, expand into the right commands, run on synthetic
+CIFAR-10 as subprocesses, skip finished runs, and report mean ± sample std next to the papers' numbers."""
+import csv
+import json
+import math
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+import reproduce
+from engine import tables
+
+REPO = Path(__file__).resolve().parents[1]
+TABLE_SPECS = sorted((REPO / "configs" / "tables").glob("*.yaml"))
+CONFIG_SCRIPTS = {"ldam_drw": "train.py", "lade": "train.py", "logit_adjustment": "train.py"}
+
+
+def dry_run(capsys, *argv):
+    reproduce.main([*argv, "--dry-run"])
+    return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def flag(tokens, name):
+    return tokens[tokens.index(name) + 1]
+
+
+def write_spec(folder, stem, **fields):
+    spec = {"name": stem, "title": "synthetic", "sources": {"paper": "a hand-made number"}, "metric": "error",
+            "rand_number": 0, "seeds": [0, 1],
+            "defaults": {"arch": "resnet20", "batch_size": 64, "epochs": 1, "eval_batch_size": 200},
+            "columns": [{"key": "c10", "label": "CIFAR-10 rho=10", "overrides": {"dataset": "cifar10",
+                                                                                  "imb_factor": 0.1}}],
+            "rows": [{"key": "CE", "label": "CE", "overrides": {"loss_type": "CE"},
+                      "paper": {"c10": {"value": 80.0, "source": "paper", "tag": "R"}}},
+                     {"key": "LDAM_DRW", "label": "LDAM-DRW", "overrides": {"loss_type": "LDAM", "train_rule": "DRW"}}]}
+    spec.update(fields)
+    path = Path(folder) / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ shipped files
+
+@pytest.mark.parametrize("path", TABLE_SPECS, ids=[p.stem for p in TABLE_SPECS])
+def test_every_table_spec_loads_and_expands(path):
+    table = tables.load_table(str(path))
+    plan = tables.expand(table, tables.pick_seeds(table, 1), out="results")
+    assert table.name == path.stem and plan.jobs
+    assert set(plan.cells) == {(r.key, c.key) for r in table.rows for c in table.columns}
+    for row in table.rows:
+        assert set(row.paper) <= {c.key for c in table.columns}
+    folders = [job.dir for job in plan.jobs]
+    assert len(folders) == len(set(folders))  # every run has its own --root_log/--root_model
+
+
+def test_the_four_tables_ship():
+    assert {p.stem for p in TABLE_SPECS} >= {"ldam_drw_cifar", "ssp_cifar", "semi_cifar10_svhn", "lade_cifar100"}
+
+
+def shipped_configs():
+    for folder in sorted(p for p in (REPO / "configs").iterdir() if p.is_dir() and p.name != "tables"):
+        for path in sorted(folder.glob("*.yaml")):
+            yield folder.name, path
+
+
+@pytest.mark.parametrize("folder,path", list(shipped_configs()),
+                         ids=[f"{f}/{p.name}" for f, p in shipped_configs()])
+def test_every_shipped_config_loads(folder, path):
+    """A folder mapped to a script loads with that script's parser; any other with at least one present script."""
+    scripts = [CONFIG_SCRIPTS[folder]] if folder in CONFIG_SCRIPTS else \
+        [s for s in tables.SCRIPTS if tables.script_parser(s) is not None]
+    errors = []
+    for script in scripts:
+        try:
+            tables.check_config(script, str(path))
+            return
+        except tables.TableError as e:
+            errors.append(str(e))
+    pytest.fail("; ".join(errors))
+
+
+def test_check_config_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: cifar10\nloss_typo: CE\n")
+    with pytest.raises(tables.TableError, match=r"bad\.yaml.*loss_typo"):
+        tables.check_config("train.py", str(bad))
+
+
+# ------------------------------------------------------------------------------------------- expansion
+
+def test_ldam_drw_dry_run_prints_every_command(capsys):
+    commands = dry_run(capsys, "ldam_drw_cifar", "--seeds", "1")
+    assert len(commands) == 48
+    assert all(c[0] == "python" and os.path.basename(c[1]) == "train.py" for c in commands)
+    cells = {(flag(c, "--dataset"), flag(c, "--imb_factor"), flag(c, "--loss_type"), flag(c, "--train_rule"))
+             for c in commands}
+    assert cells == {(d, f, loss, rule) for d in ("cifar10", "cifar100") for f in ("0.01", "0.1")
+                     for loss in ("CE", "Focal", "LDAM") for rule in ("None", "Resample", "Reweight", "DRW")}
+    for c in commands:
+        assert flag(c, "--seed") == "0" and flag(c, "--rand_number") == "0"
+        assert flag(c, "--exp_str") == "ldam_drw_cifar_s0"
+        dataset, rho = flag(c, "--dataset"), round(1 / float(flag(c, "--imb_factor")))
+        assert os.path.basename(flag(c, "--config")) == \
+            f"{dataset}_exp{rho}_{flag(c, '--loss_type')}_{flag(c, '--train_rule')}.yaml"
+    assert len({flag(c, "--root_log") for c in commands}) == 48
+    assert len({flag(c, "--root_model") for c in commands}) == 48
+
+
+def test_seeds_and_epochs_flags(capsys):
+    commands = dry_run(capsys, "ldam_drw_cifar", "--seeds", "2", "--epochs", "3", "--out", "elsewhere")
+    assert len(commands) == 96
+    assert {flag(c, "--seed") for c in commands} == {"0", "1"}
+    assert {flag(c, "--epochs") for c in commands} == {"3"}
+    assert all(flag(c, "--root_log").startswith(os.path.join("elsewhere", "runs", "ldam_drw_cifar_epochs3"))
+               for c in commands)
+
+
+def test_pick_seeds_takes_the_first_and_continues():
+    table = tables.load_table("lade_cifar100")
+    assert table.seeds == (1, 2, 3)
+    assert tables.pick_seeds(table, 2) == [1, 2]
+    assert tables.pick_seeds(table, 5) == [1, 2, 3, 4, 5]
+    assert tables.pick_seeds(table, None) == [1, 2, 3]
+
+
+def test_ssp_pipeline_order_paths_and_shared_pretraining():
+    table = tables.load_table("ssp_cifar")
+    plan = tables.expand(table, [0], out="out")
+    assert len(plan.jobs) == 6 * (6 + 1)  # 6 rows per column, one pre-training shared by the 3 SSP rows
+    for column in table.columns:
+        finals = {row: plan.cells[(row, column.key)][0] for row in ("CE_SSP", "CE_Balanced_SSP", "LDAM_DRW_SSP")}
+        pretrain = finals["CE_SSP"].deps[0]
+        assert all(job.deps == [pretrain] for job in finals.values())
+        assert pretrain.script == "pretrain_rot.py" and "--exp_str" not in pretrain.argv
+        dataset, imb = flag(pretrain.argv, "--dataset"), flag(pretrain.argv, "--imb_factor")
+        assert pretrain.outputs["checkpoint"] == os.path.join(
+            pretrain.dir, "ckpt", f"{dataset}_resnet32_CE_None_exp_{imb}_pretrain_rot", "ckpt.pth.tar")
+        assert flag(pretrain.argv, "--root_model") == os.path.join(pretrain.dir, "ckpt")
+        for job in finals.values():
+            assert flag(job.argv, "--pretrained_model") == pretrain.outputs["checkpoint"]
+            assert plan.jobs.index(pretrain) < plan.jobs.index(job)
+        assert flag(finals["LDAM_DRW_SSP"].argv, "--loss_type") == "LDAM"
+        assert flag(pretrain.argv, "--loss_type") == "CE" and flag(pretrain.argv, "--train_rule") == "None"
+        assert "--pretrained_model" not in plan.cells[("CE", column.key)][0].argv
+
+
+def test_semi_pipeline_order_paths_and_sharing():
+    table = tables.load_table("semi_cifar10_svhn")
+    plan = tables.expand(table, [0], out="out", data_path="/data")
+    semi = plan.cells[("CE_DU", "cifar10_r50_ru50")][0]
+    pseudo = semi.deps[1]
+    base = semi.deps[0]
+    assert [semi.script, pseudo.script, base.script] == ["train_semi.py", "gen_pseudolabels.py", "train.py"]
+    assert plan.jobs.index(base) < plan.jobs.index(pseudo) < plan.jobs.index(semi)
+    assert flag(pseudo.argv, "--resume") == base.outputs["checkpoint"]
+    assert base.outputs["checkpoint"].endswith(os.path.join("cifar10_resnet32_CE_None_exp_0.02_semi_cifar10_svhn_s0",
+                                                            "ckpt.pth.tar"))
+    assert flag(pseudo.argv, "--data_dir") == "/data" and "--data_path" not in pseudo.argv
+    assert flag(pseudo.argv, "--dataset") == "cifar10" and flag(pseudo.argv, "--loss_type") == "CE"
+    assert flag(semi.argv, "--pseudo_label_file") == pseudo.outputs["file"] == os.path.join(pseudo.dir,
+                                                                                           "pseudo_labels.npz")
+    assert flag(semi.argv, "--imb_factor_unlabel") == "0.02" and "--imb_factor_unlabel" not in base.argv
+    assert semi.outputs["final"].endswith(os.path.join(
+        "cifar10_resnet32_CE_None_exp_0.02_0.02_semi_cifar10_svhn_s0", "final.json"))
+    # the CE base is the CE baseline, and every rho_U column of a (dataset, rho) shares it and its pseudo-labels
+    assert plan.cells[("CE", "cifar10_r50_ru1")][0] is base is plan.cells[("CE", "cifar10_r50_ru100")][0]
+    ldam_semi = plan.cells[("LDAM_DRW_DU", "cifar10_r50_ru100")][0]
+    assert ldam_semi.deps == [base, pseudo] and flag(ldam_semi.argv, "--loss_type") == "LDAM"
+    assert sum(job.script == "gen_pseudolabels.py" for job in plan.jobs) == 4
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+def spec_with(tmp_path, **changes):
+    return write_spec(tmp_path, "bad", **changes)
+
+
+BASE_ROW = {"key": "CE", "label": "CE"}
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"colour": "red"}, r"bad\.yaml: unknown key 'colour'"),
+    ({"metric": "f1"}, r"bad\.yaml: metric: 'f1'"),
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"columns": [{"key": "c10", "label": "x", "overides": {}}]}, r"columns\[0\]: unknown key 'overides'"),
+    ({"rows": [dict(BASE_ROW, scirpt="train.py")]}, r"rows\[0\]: unknown key 'scirpt'"),
+    ({"rows": [dict(BASE_ROW, overrides={"seed": 3})]}, "'seed' is set by reproduce.py"),
+    ({"rows": [dict(BASE_ROW, overrides={"loss_typo": "CE"})]}, "unknown flag 'loss_typo'"),
+    ({"rows": [dict(BASE_ROW, overrides={"loss_type": "Hinge"})]}, r"bad\.yaml: row 'CE'.*Hinge"),
+    ({"rows": [dict(BASE_ROW, overrides={"imb_factor": 100})]}, "did you mean 0.01"),
+    ({"rows": [dict(BASE_ROW, script="train_v2.py")]}, "unknown script 'train_v2.py'"),
+    ({"rows": [dict(BASE_ROW, config="configs/nowhere/{column}.yaml")]}, "no config file"),
+    ({"rows": [dict(BASE_ROW, paper={"c100": {"value": 1, "source": "paper", "tag": "R"}})]}, "unknown key 'c100'"),
+    ({"rows": [dict(BASE_ROW, paper={"c10": {"value": 1, "source": "paper", "tag": "X"}})]}, "tag: 'X'"),
+    ({"rows": [dict(BASE_ROW, paper={"c10": {"value": 1, "source": "blog", "tag": "R"}})]}, "source: 'blog'"),
+    ({"rows": [dict(BASE_ROW, stages=[{"name": "a", "script": "train.py",
+                                       "overrides": {"pretrained_model": "{b.checkpoint}"}},
+                                      {"name": "b", "script": "train.py"}])]}, "refers to 'b'"),
+    ({"rows": [dict(BASE_ROW, stages=[{"name": "a", "script": "train.py"},
+                                      {"name": "b", "script": "train.py",
+                                       "overrides": {"pretrained_model": "{a.chekpoint}"}}])]}, "no output or flag"),
+    ({"name": "other"}, "must equal the file name"),
+])
+def test_invalid_specs_name_file_and_key(tmp_path, changes, message):
+    with pytest.raises(tables.TableError, match=message):
+        table = tables.load_table(spec_with(tmp_path, **changes))
+        tables.expand(table, [0])
+
+
+def test_unknown_table_lists_the_shipped_ones():
+    with pytest.raises(tables.TableError, match="ldam_drw_cifar"):
+        tables.table_path("no_such_table")
+
+
+def test_interrupted_run_resumes_and_stale_run_is_refused(tmp_path):
+    table = tables.load_table("lade_cifar100")
+    job = tables.expand(table, [1], out=str(tmp_path)).jobs[0]
+    os.makedirs(os.path.dirname(job.outputs["checkpoint"]))
+    Path(job.outputs["checkpoint"]).write_bytes(b"")
+    again = tables.expand(table, [1], out=str(tmp_path)).jobs[0]
+    assert again.argv[-2:] == ["--resume", job.outputs["checkpoint"]]
+    os.makedirs(os.path.dirname(job.marker))
+    Path(job.marker).write_text(json.dumps({"epochs": 3}))
+    with pytest.raises(tables.TableError, match="finished run of 3 epochs, but the table asks for 200"):
+        tables.expand(table, [1], out=str(tmp_path))
+
+
+def test_mean_and_sample_std():
+    mean, std = tables._mean_std([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert tables._mean_std([5.0]) == (5.0, None)
+    assert tables.METRICS["error"].from_top1(77.5) == 22.5 and tables.METRICS["accuracy"].from_top1(77.5) == 77.5
+
+
+# ------------------------------------------------------------------------------------ end to end (CPU)
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return {(r["row"], r["column"]): r for r in csv.DictReader(f)}
+
+
+def test_synthetic_table_runs_reports_and_skips(cifar10_root, tmp_path):
+    spec = write_spec(tmp_path, "synthetic")
+    out = tmp_path / "results"
+    argv = [spec, "--jobs", "2", "--data_path", cifar10_root, "--out", str(out), "--device", "cpu"]
+    result = reproduce.main(argv)
+    assert result.executed == 4 and result.skipped == 0 and not result.failed
+
+    plan = tables.expand(tables.load_table(spec), [0, 1], out=str(out), data_path=cifar10_root, device="cpu")
+    report = read_csv(out / "synthetic.csv")
+    assert set(report) == {("CE", "c10"), ("LDAM_DRW", "c10")}
+    for (row, column), line in report.items():
+        finals = [json.load(open(plan.cells[(row, column)][seed].marker)) for seed in (0, 1)]
+        assert [f["epochs"] for f in finals] == [1, 1]
+        for which in ("last", "best"):
+            errors = [100.0 - f[which]["top1"] for f in finals]
+            mean = (errors[0] + errors[1]) / 2
+            std = abs(errors[0] - errors[1]) / math.sqrt(2)  # sample std (ddof=1) of two values
+            assert float(line[f"{which}_mean"]) == pytest.approx(mean, abs=1e-4)
+            assert float(line[f"{which}_std"]) == pytest.approx(std, abs=1e-4)
+        assert line["n_seeds"] == "2" and line["seeds"] == "0 1" and line["rand_number"] == "0"
+        assert line["data_path"] == cifar10_root and line["compared"] == "best"
+    ce = report[("CE", "c10")]
+    assert ce["paper"] == "80" and ce["paper_tag"] == "R"
+    assert float(ce["diff_ours_minus_paper"]) == pytest.approx(float(ce["best_mean"]) - 80.0, abs=1e-3)
+    assert report[("LDAM_DRW", "c10")]["paper"] == "" and report[("LDAM_DRW", "c10")]["diff_ours_minus_paper"] == ""
+    markdown = (out / "synthetic.md").read_text()
+    assert f"{float(ce['best_mean']):.2f} ± {float(ce['best_std']):.2f}" in markdown
+    assert "80.00 [R]" in markdown and "training seeds (`--seed`) | 0, 1" in markdown and cifar10_root in markdown
+    assert "| LDAM-DRW | CIFAR-10 rho=10 |" in markdown and "| — | — | — |" in markdown
+
+    mtimes = {job.marker: os.path.getmtime(job.marker) for job in plan.jobs}
+    again = reproduce.main(argv)
+    assert again.executed == 0 and again.skipped == 4
+    assert {m: os.path.getmtime(m) for m in mtimes} == mtimes
+
+
+def test_failed_stage_is_reported_and_blocks_its_pipeline(cifar10_root, tmp_path):
+    """The first stage diverges (lr 1e30: the loss turns non-finite at the first step) and fails; the second is
+    not run, the report is still written and the run counts as failed."""
+    spec = write_spec(tmp_path, "broken", seeds=[0], rows=[{
+        "key": "two_stage", "label": "two stages", "overrides": {"lr": 1e30, "print_freq": 1},
+        "stages": [{"name": "first", "script": "train.py"},
+                   {"name": "second", "script": "train.py",
+                    "overrides": {"pretrained_model": "{first.checkpoint}"}}]}])
+    out = tmp_path / "results"
+    result = reproduce.main([spec, "--data_path", cifar10_root, "--out", str(out), "--device", "cpu"])
+    assert result.executed == 1 and len(result.failed) == 1 and len(result.blocked) == 1
+    assert "first" in result.failed[0].label and "second" in result.blocked[0].label
+    markdown = (out / "broken.md").read_text()
+    assert "1 run(s) failed" in markdown and "seed(s) 0" in markdown
+    assert os.path.isfile(os.path.join(result.failed[0].dir, "output.log"))
+
+
+def test_run_name_fields_match_the_scripts():
+    import argparse
+
+    import train_semi
+    from engine.experiment import store_name
+    args = argparse.Namespace(**{f: f.upper() for f in tables.TRAIN_FIELDS})
+    assert store_name(args) == "_".join(f.upper() for f in tables.TRAIN_FIELDS)  # train.py, pretrain_rot.py
+    assert tables.SCRIPTS["train_semi.py"].store_fields == train_semi.STORE_FIELDS
+
+
+def test_pipeline_expands_without_the_scripts_parser(monkeypatch):
+    """A script missing from the checkout: its commands come from the spec alone (flags as written, the
+    run name from the fields the spec sets and the ones the script fixes) and are reported as unvalidated."""
+    real = tables.script_parser
+    monkeypatch.setattr(tables, "script_parser", lambda s: None if s == "pretrain_rot.py" else real(s))
+    plan = tables.expand(tables.load_table("ssp_cifar"), [0], out="out")
+    assert plan.unvalidated == ["pretrain_rot.py"]
+    final = plan.cells[("CE_SSP", "cifar100_exp10")][0]
+    pretrain = final.deps[0]
+    assert pretrain.outputs["checkpoint"].endswith(
+        os.path.join("cifar100_resnet32_CE_None_exp_0.1_pretrain_rot", "ckpt.pth.tar"))
+    assert flag(final.argv, "--pretrained_model") == pretrain.outputs["checkpoint"]
+    assert "--imb_factor" in pretrain.argv and "--exp_str" not in pretrain.argv
