@@ -187,12 +187,17 @@ def resolve_pseudo_label_file(root, pseudo_label_file, default_name, dataset):
     return path
 
 
+BELOW_THRESHOLD, MISSING = -1, -2
+
+
 def read_pseudo_labels(path, pool_indices, pool_size, num_classes):
     """Pseudo-labels (int64) of the pool images ``pool_indices``.
 
     Two formats: this project's ``.npz`` (``predictions`` int64, ``confidence`` float32,
     ``indices`` int64 pool indices; read with allow_pickle=False), or the upstream pickle dict
     whose ``extrapolated_targets`` holds one prediction per pool image in pool order (SPEC §1.3).
+    A prediction of -1 marks an image below gen_pseudolabels.py's ``--confidence_threshold``: it
+    is returned as -1 for the caller to drop. A pool image the file does not cover is an error.
     """
     if os.fspath(path).endswith(".npz"):
         with np.load(path, allow_pickle=False) as archive:
@@ -200,7 +205,7 @@ def read_pseudo_labels(path, pool_indices, pool_size, num_classes):
         if covered.size and (covered.min() < 0 or covered.max() >= pool_size):
             raise ValueError(f"{path}: pool indices outside [0, {pool_size}); was it made for "
                              "another unlabeled pool?")
-        lookup = np.full(pool_size, -1, np.int64)
+        lookup = np.full(pool_size, MISSING, np.int64)
         lookup[covered] = predictions
     else:
         lookup = np.asarray(load_pickle_dict(path, ["extrapolated_targets"])
@@ -209,7 +214,7 @@ def read_pseudo_labels(path, pool_indices, pool_size, num_classes):
             raise ValueError(f"{path}: {len(lookup)} pseudo-labels for a pool of {pool_size} "
                              "images; was it made for another unlabeled pool?")
     pseudo = lookup[pool_indices]
-    invalid = pool_indices[(pseudo < 0) | (pseudo >= num_classes)]
+    invalid = pool_indices[(pseudo < BELOW_THRESHOLD) | (pseudo >= num_classes)]
     if invalid.size:
         raise ValueError(f"{path}: no pseudo-label in 0..{num_classes - 1} for pool indices "
                          f"{invalid[:5].tolist()} ({invalid.size} in all); regenerate it with "
@@ -278,6 +283,8 @@ class SemiSupervisedImageDataset(ImageArrayDataset):
             counts = get_img_num_per_cls(unlabeled_max, cls_num, "exp", imb_factor_unlabel)
         unlabeled = select_unlabeled(pool_labels, zip(class_order, counts))
         pseudo = read_pseudo_labels(pseudo_label_file, unlabeled, len(pool_labels), cls_num)
+        confident = pseudo != BELOW_THRESHOLD  # dropped after the draw, which stays upstream's
+        unlabeled, pseudo = unlabeled[confident], pseudo[confident]
         super().__init__(np.concatenate([data[labeled], pool_images[unlabeled]]),
                          np.concatenate([labels[labeled], pseudo]), classes, transform,
                          target_transform)

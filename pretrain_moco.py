@@ -133,12 +133,6 @@ def validate(args: argparse.Namespace) -> None:
                          "ImageNet-LT / iNaturalist 2018 lists or pass --list_file PATH")
 
 
-def shared_seed(seed: int, device: torch.device) -> int:
-    """Rank 0's seed on every process (a sum where only rank 0 contributes), so data shards do not overlap."""
-    t = torch.tensor([seed if distributed.is_main() else 0], dtype=torch.long, device=device)
-    return int(distributed.all_reduce_sum(t).item())
-
-
 def build_loader(args, source: MocoData, device: torch.device, seed: int) -> TorchLoader:
     """Two views per image; each process draws its share of every total batch of -b (drop_last, as upstream)."""
     world = distributed.world_size()
@@ -168,7 +162,7 @@ def main(argv=None) -> torch.nn.Module:
     args.list_file = args.list_file or source.list_file
     device = distributed.init(config.resolve_device(args).type) or config.resolve_device(args)
     resume = load_checkpoint(args.resume) if args.resume else None
-    seed = shared_seed(choose_seed(args, resume), device)
+    seed = distributed.shared_seed(choose_seed(args, resume), device)
     seed_everything(seed, deterministic=args.seed is not None)
     loader = build_loader(args, source, device, seed)
     moco = build_moco_model(args, device, resume)

@@ -105,8 +105,8 @@ def load_pretrained_backbone(model: nn.Module, path: str, flag: str = "--pretrai
     """Initialise ``model``'s backbone from a self-supervised checkpoint; the classifier stays fresh.
 
     Returns {'loaded': [...], 'missing': [...]} (keys of the model). Refuses a checkpoint that matches no
-    key or whose matching keys have other shapes (another architecture): upstream users silently loaded
-    nothing (SPEC section 8, item 1).
+    key, whose matching keys have other shapes, or that holds or lacks backbone tensors (another
+    architecture): upstream users silently loaded nothing (SPEC section 8, item 1).
     """
     src = backbone_state(load_checkpoint(path, flag))
     own = model.state_dict()
@@ -116,6 +116,10 @@ def load_pretrained_backbone(model: nn.Module, path: str, flag: str = "--pretrai
                          f"shape, e.g. {wrong_shape[0]} {tuple(src[wrong_shape[0]].shape)} vs "
                          f"{tuple(own[wrong_shape[0]].shape)}")
     matched = [k for k in own if k in src]
+    foreign = [k for k in src if k not in own]
+    if matched and foreign:
+        raise ValueError(f"{flag}: {path!r} has backbone weights the model lacks, e.g. {foreign[:3]}: it was "
+                         "trained with another (deeper or different) --arch")
     if not matched:
         raise ValueError(f"{flag}: no key of {path!r} matches the model (checkpoint keys look like "
                          f"{list(src)[:3]}, the model's like {list(own)[:3]})")

@@ -54,6 +54,19 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def shared_seed(seed: int, device: torch.device) -> int:
+    """Rank 0's ``seed`` on every process, so samplers draw one global order and shards never overlap."""
+    t = torch.tensor([seed if is_main() else 0], dtype=torch.long, device=device)
+    return int(all_reduce_sum(t).item())
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every process before an evaluation."""
+    if world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if is_initialized():
         dist.barrier()

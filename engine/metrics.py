@@ -65,7 +65,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
 
     ``logit_adjustment`` (C,) is added to the logits before the prediction: a post-hoc correction such as
     -tau * log(pi_s) (Menon et al. 2021) or -log(pi_s) + log(pi_t) (PC softmax, Hong et al. 2021). The
-    reported loss is the plain cross-entropy of the raw logits, as in the reference code.
+    reported loss is the plain cross-entropy of the raw logits, as in the reference code. ``amp`` (bf16
+    autocast) applies on CUDA only, as in training.
     Returns top1, top5, loss, per_class, mean_class_acc and many/medium/few (percent).
     """
     was_training = model.training
@@ -74,7 +75,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, count
     for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits = model(x).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         if logit_adjustment is not None:

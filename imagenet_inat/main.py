@@ -199,19 +199,6 @@ def train_loader(dataset: ListDataset, args, device: torch.device, seed: int) ->
 
 
 # -- distributed helpers ------------------------------------------------------------------------------------
-def shared_seed(seed: int, device: torch.device) -> int:
-    """Rank 0's seed on every rank (the samplers must draw the same global order everywhere)."""
-    t = torch.tensor([seed if distributed.is_main() else 0], dtype=torch.long, device=device)
-    return int(distributed.all_reduce_sum(t).item())
-
-
-def sync_buffers(model: torch.nn.Module) -> None:
-    """Copy rank 0's BatchNorm statistics to every rank (DDP re-broadcasts them only before training forwards)."""
-    if distributed.world_size() > 1:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
 def gather_shards(array: np.ndarray) -> np.ndarray:
     """The full array from the ranks' ``ShardSampler`` shards."""
     if distributed.world_size() == 1:
@@ -229,7 +216,7 @@ def replica_checksum(model: torch.nn.Module) -> float:
 # -- evaluation and outputs -----------------------------------------------------------------------------
 def evaluate_split(model, loader, args, counts) -> dict:
     """Top-1/5, per-class and many/medium/few accuracy (autocast only on CUDA, like the Trainer)."""
-    sync_buffers(model)
+    distributed.broadcast_buffers(model)
     amp = args.amp and next(model.parameters()).device.type == "cuda"
     return evaluate(model, loader, args.num_classes, counts, amp=amp)
 
@@ -353,7 +340,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     if args.batch_size % world:
         raise SystemExit(f"error: --batch_size {args.batch_size} must be divisible by the {world} processes")
     resume = None if args.test or not args.resume else load_checkpoint(args.resume)
-    seed = shared_seed(choose_seed(args, resume), device)
+    seed = distributed.shared_seed(choose_seed(args, resume), device)
     # The samplers use ``seed`` itself; torch's global generator (model init, the workers' augmentation seeds)
     # is offset by the rank so ranks do not crop alike. DDP copies rank 0's initial weights to every rank.
     seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)

@@ -135,10 +135,15 @@ def test_upstream_pickle_and_confidence_threshold(cifar10_root, base_ckpt, pseud
     np.testing.assert_array_equal(targets, np.where(content["confidence"] < threshold, -1, predictions))
     assert 0 < (targets == -1).sum() < 1000
     assert os.listdir(tmp_path) == ["p.pickle"]
-    # The semi-supervised dataset does not skip unlabeled images without a pseudo-label: it refuses the file.
-    with pytest.raises(ValueError, match=r"no pseudo-label in 0..9"):
-        train_semi.main(["--dataset", "cifar10", *STAND_IN, "--pseudo_label_file", path,
-                         *run_flags(cifar10_root, tmp_path)])
+    # The semi-supervised set draws as without a threshold, then drops the images below it.
+    kwargs = dict(imb_factor=0.1, imb_factor_unlabel=0.1, unlabeled_source="cifar10_train", labeled_max=20,
+                  unlabeled_max=30)
+    full = SemiSupervisedImbalanceCIFAR10(cifar10_root, pseudo_label_file=pseudo_npz, **kwargs)
+    kept = SemiSupervisedImbalanceCIFAR10(cifar10_root, pseudo_label_file=path, **kwargs)
+    confident = targets[full.unlabeled_indices] != -1
+    assert 0 < confident.sum() < len(confident)
+    np.testing.assert_array_equal(kept.unlabeled_indices, full.unlabeled_indices[confident])
+    np.testing.assert_array_equal(kept.targets[kept.num_labeled:], targets[kept.unlabeled_indices])
 
 
 def test_apply_threshold():

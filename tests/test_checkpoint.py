@@ -1,0 +1,74 @@
+"""Checkpoint format: atomic writes, weights-only reads, key mapping for pre-trained backbones."""
+import os
+import pickle
+
+import pytest
+import torch
+
+import models
+from engine import checkpoint
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pth.tar"
+    checkpoint.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, str(path))
+
+    def broken(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_write(str(path), broken)
+    assert torch.equal(checkpoint.load_checkpoint(str(path))["state_dict"]["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["ckpt.pth.tar"]
+
+
+def test_load_refuses_pickled_code_and_names_the_flag(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": Evil()}, f)
+    with pytest.raises(RuntimeError, match="--resume: cannot read"):
+        checkpoint.load_checkpoint(str(path))
+    with pytest.raises(FileNotFoundError, match="--pretrained_model: no checkpoint"):
+        checkpoint.load_checkpoint(str(tmp_path / "missing"), "--pretrained_model")
+
+
+def test_model_state_strips_dataparallel_and_renames_linear():
+    ckpt = {"state_dict": {"module.conv1.weight": torch.zeros(1), "module.linear.weight": torch.ones(1)}}
+    assert set(checkpoint.model_state(ckpt)) == {"conv1.weight", "fc.weight"}
+
+
+def _save(tmp_path, name, state_dict):
+    path = str(tmp_path / name)
+    checkpoint.save_checkpoint({"state_dict": state_dict}, path)
+    return path
+
+
+def test_moco_checkpoint_loads_the_query_encoder_only(tmp_path):
+    src = models.build_model("resnet20", 10)
+    sd = {f"module.encoder_q.{k}": v + 1 for k, v in src.state_dict().items() if not k.startswith("fc.")}
+    sd.update({f"module.encoder_k.{k}": v - 1 for k, v in src.state_dict().items()})
+    sd["module.encoder_q.fc.0.weight"] = torch.zeros(64, 64)
+    sd["module.queue"] = torch.zeros(128, 16)
+    model = models.build_model("resnet20", 10)
+    fc_before = model.fc.weight.clone()
+    report = checkpoint.load_pretrained_backbone(model, _save(tmp_path, "moco_ckpt_0001.pth.tar", sd))
+    assert sorted(report["missing"]) == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(model.conv1.weight, src.conv1.weight + 1)
+    assert torch.equal(model.fc.weight, fc_before)
+
+
+def test_backbone_of_another_depth_is_refused_both_ways(tmp_path):
+    deep = _save(tmp_path, "deep.pth", models.build_model("resnet32", 10).state_dict())
+    shallow = _save(tmp_path, "shallow.pth", models.build_model("resnet20", 10).state_dict())
+    with pytest.raises(ValueError, match="the model lacks"):
+        checkpoint.load_pretrained_backbone(models.build_model("resnet20", 10), deep)
+    with pytest.raises(ValueError, match="lacks backbone weights"):
+        checkpoint.load_pretrained_backbone(models.build_model("resnet32", 10), shallow)
+    with pytest.raises(ValueError, match="no key"):
+        checkpoint.load_pretrained_backbone(models.build_model("resnet20", 10),
+                                            _save(tmp_path, "other.pth", {"encoder.w": torch.zeros(1)}))
