@@ -5,6 +5,7 @@ Two registries, both selected by name from the command line:
 * ``LOSSES`` (``--loss_type``): ``nn.Module`` losses built from the training class counts.
 * ``TRAIN_RULES`` (``--train_rule``): how classes are re-balanced over training: per-class loss weights
   that may change with the epoch (Reweight, DRW) or a class-balanced sampler (Resample).
+* ``POSTHOC`` (``--posthoc``): logit corrections applied at evaluation only (logit adjustment, PC softmax).
 
 Every loss keeps its per-class weights in a buffer that is updated in place, so the tensor the
 training step sees never changes identity (a captured CUDA graph or a compiled step stays valid).
@@ -40,6 +41,11 @@ def add_loss_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ldam_s", type=float, default=30.0, help="LDAM logit scale s")
     g.add_argument("--beta", type=float, default=0.9999, help="effective-number beta for Reweight/DRW/Resample")
     g.add_argument("--drw_epoch", type=int, default=160, help="DRW: epoch (0-indexed) where re-weighting starts")
+    g.add_argument("--tau", type=float, default=1.0,
+                   help="logit-adjustment temperature: LA loss z + tau*log(pi) and --posthoc la z - tau*log(pi)")
+    g.add_argument("--lade_alpha", type=float, default=0.1, help="LADE: weight alpha of the LADER regulariser")
+    g.add_argument("--remine_lambda", type=float, default=0.01,
+                   help="LADE: lambda of the regularised DV bound (T1 - T2 - lambda*T2^2)")
 
 
 def build_loss(name: str, cls_num_list: Sequence[int], args: argparse.Namespace | None = None) -> nn.Module:
@@ -119,6 +125,96 @@ class LDAMLoss(WeightedLoss):
         return F.cross_entropy(self.s * shifted, target, weight=self.weight)
 
 
+def class_prior(cls_num_list: Sequence[float]) -> np.ndarray:
+    """pi_c = n_c / sum_k n_k (float64), the label distribution of the given class counts."""
+    n = np.asarray(cls_num_list, dtype=np.float64)
+    if n.ndim != 1 or not np.isfinite(n).all() or (n < 0).any() or n.sum() <= 0:
+        raise ValueError(f"class counts must be finite, non-negative and not all zero, got {n.tolist()}")
+    return n / n.sum()
+
+
+class PriorAdjustedCE(WeightedLoss):
+    """CE(z + b, y) for a fixed per-class offset b = scale * log(pi + eps) (the buffer ``offset``).
+
+    Training through the source prior makes the raw logits z estimate log p(x | y) up to a constant:
+    ``prior_adjusted = True`` tells evaluation (``posthoc_adjustment``, the shifted-prior evaluation) that
+    argmax z already targets a uniform label distribution and a target prior pi_t only adds log pi_t.
+    Class weights (train rules) apply to this CE as to ``CrossEntropy``.
+    """
+
+    prior_adjusted = True
+
+    def __init__(self, cls_num_list: Sequence[int], offset: np.ndarray):
+        super().__init__(cls_num_list)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32))
+
+    def forward(self, logits, target):
+        return F.cross_entropy(logits.float() + self.offset, target, weight=self.weight)
+
+
+@register_loss("LA")
+class LogitAdjustedLoss(PriorAdjustedCE):
+    """Logit-adjusted loss (Menon et al. 2021, section 4.2): CE(z + tau * log(pi + 1e-12), y); predict argmax z.
+
+    At tau = 1 it equals ``BalancedSoftmax`` and LADE-CE (up to the 1e-12 / 1e-9 guards inside the log).
+    """
+
+    def __init__(self, cls_num_list, args):
+        super().__init__(cls_num_list, args.tau * np.log(class_prior(cls_num_list) + 1e-12))
+
+
+@register_loss("BalancedSoftmax")
+class BalancedSoftmax(PriorAdjustedCE):
+    """Balanced Softmax (Ren et al. 2020): CE(z + log pi, y), i.e. softmax with exp(z_c) weighted by n_c.
+
+    Equals ``LA`` with tau = 1 and LADE-CE (``LADE`` with alpha = 0). Every class needs a training image
+    (log 0 is undefined); ``LA`` guards the log with 1e-12 instead.
+    """
+
+    def __init__(self, cls_num_list, args=None):
+        empty = [c for c, n in enumerate(cls_num_list) if n <= 0]
+        if empty:
+            raise ValueError(f"--loss_type BalancedSoftmax needs every class in the training set; classes {empty} "
+                             "have no image. Use --loss_type LA (log(pi + 1e-12)) instead")
+        super().__init__(cls_num_list, np.log(class_prior(cls_num_list)))
+
+
+@register_loss("LADE")
+class LADELoss(PriorAdjustedCE):
+    """LADE (Hong et al. 2021, eqs. 16 and 18-20; SPEC section 4): L = LADE-CE + alpha * LADER.
+
+    LADE-CE = CE(z + log(pi_s + 1e-9), y) (the class weights of a train rule apply here only).
+    LADER, on the same logits, for a batch of N_b samples with n_c^b of class c:
+      T1_c  = 1 / (n_c^b + 1e-8) * sum_{i: y_i = c} z_{i,c}
+      T2_c  = log( 1/N_b * sum_{i=1}^{N_b} exp(z_{i,c} - log(pi_s(c) + 1e-9) + log(1/C + 1e-9)) )
+      est_c = T1_c - T2_c - lambda * T2_c^2       (regularised Donsker-Varadhan bound)
+      LADER = - sum_c pi_s(c) * est_c             (every class counts: an absent one through T2_c)
+    alpha = ``--lade_alpha`` (0.1), lambda = ``--remine_lambda`` (0.01): the CIFAR-100-LT setting.
+    """
+
+    def __init__(self, cls_num_list, args):
+        prior = class_prior(cls_num_list)
+        super().__init__(cls_num_list, np.log(prior + 1e-9))
+        self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
+        self.log_uniform = float(np.log(1.0 / len(prior) + 1e-9))
+        self.alpha, self.lam = args.lade_alpha, args.remine_lambda
+
+    def regulariser(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        onehot = F.one_hot(target, z.shape[1]).to(z.dtype)
+        t1 = (onehot * z).sum(0) / (onehot.sum(0) + 1e-8)
+        t2 = torch.logsumexp(z - self.offset + self.log_uniform, dim=0) - np.log(z.shape[0])
+        return -(self.prior * (t1 - t2 - self.lam * t2 ** 2)).sum()
+
+    def forward(self, logits, target):
+        return super().forward(logits, target) + self.alpha * self.regulariser(logits, target)
+
+
+def is_prior_adjusted(loss_type: str) -> bool:
+    """Whether ``--loss_type`` trains through the source prior (LA, BalancedSoftmax, LADE)."""
+    return getattr(LOSSES[loss_type], "prior_adjusted", False)
+
+
 def effective_number_weights(cls_num_list: Sequence[int], beta: float) -> np.ndarray:
     """Class-balanced weights (Cui et al. 2019): w_c proportional to (1 - beta) / (1 - beta^n_c), sum_c w_c = C.
 
@@ -192,3 +288,51 @@ def build_train_rule(name: str, cls_num_list: Sequence[int], args: argparse.Name
     if name not in TRAIN_RULES:
         raise ValueError(f"unknown --train_rule {name!r}; choose one of: {', '.join(sorted(TRAIN_RULES))}")
     return TRAIN_RULES[name](cls_num_list, args if args is not None else default_loss_args())
+
+
+def _posthoc_la(log_source, log_target, tau, prior_adjusted):
+    return -tau * log_source
+
+
+def _posthoc_pc(log_source, log_target, tau, prior_adjusted):
+    return log_target if prior_adjusted else log_target - log_source
+
+
+POSTHOC: dict[str, Callable[..., np.ndarray]] = {"la": _posthoc_la, "pc": _posthoc_pc}
+
+
+def validate_posthoc(kind: str, prior_adjusted: bool, target_prior: Sequence[float] | None = None) -> None:
+    """Reject ``--posthoc``/``--target_prior`` combinations that would silently give wrong predictions."""
+    if kind != "none" and kind not in POSTHOC:
+        raise ValueError(f"unknown --posthoc {kind!r}; choose one of: none, {', '.join(sorted(POSTHOC))}")
+    if kind == "la" and prior_adjusted:
+        raise ValueError("--posthoc la subtracts tau*log(pi_s), which a prior-adjusted --loss_type (LA, "
+                         "BalancedSoftmax, LADE) already removed in training; use --posthoc pc or none")
+    if target_prior:
+        if kind != "pc":
+            raise ValueError("--target_prior is only used by --posthoc pc; add --posthoc pc or drop it")
+        class_prior(target_prior)
+
+
+def posthoc_adjustment(kind: str, cls_num_list: Sequence[int], tau: float = 1.0,
+                       target_prior: Sequence[float] | None = None, prior_adjusted: bool = False
+                       ) -> torch.Tensor | None:
+    """Per-class vector a (C,) added to the logits at evaluation (prediction argmax_c z_c + a_c), or None.
+
+    * ``none``: None.
+    * ``la`` (post-hoc logit adjustment, Menon et al. 2021, section 4.1): a = -tau * log(pi_s + 1e-12).
+    * ``pc`` (PC softmax / target-prior correction, Hong et al. 2021, section 3):
+      a = log(pi_t + 1e-12) - log(pi_s + 1e-12); for a prior-adjusted loss (z excludes pi_s already)
+      a = log(pi_t + 1e-12). pi_t = normalised ``target_prior`` (counts or probabilities), uniform when
+      None or empty; with pi_t = pi_s the CE correction is exactly zero.
+    pi_s comes from ``cls_num_list`` (the training counts).
+    """
+    validate_posthoc(kind, prior_adjusted, target_prior)
+    if kind == "none":
+        return None
+    num_classes = len(cls_num_list)
+    if target_prior and len(target_prior) != num_classes:
+        raise ValueError(f"--target_prior has {len(target_prior)} values but the model has {num_classes} classes")
+    log_source = np.log(class_prior(cls_num_list) + 1e-12)
+    log_target = np.log(class_prior(target_prior if target_prior else np.ones(num_classes)) + 1e-12)
+    return torch.as_tensor(POSTHOC[kind](log_source, log_target, tau, prior_adjusted), dtype=torch.float32)

@@ -1,9 +1,12 @@
-"""Supervised long-tailed training on CIFAR-10/100-LT and SVHN-LT (CE, Focal, LDAM; None/Resample/Reweight/DRW).
+"""Supervised long-tailed training on CIFAR-10/100-LT and SVHN-LT (CE, Focal, LDAM, LA, BalancedSoftmax, LADE;
+None/Resample/Reweight/DRW; post-hoc logit corrections).
 
     python train.py --dataset cifar10 --imb_factor 0.01 --loss_type LDAM --train_rule DRW
     python train.py --config configs/ldam_drw/cifar10_exp100_LDAM_DRW.yaml
     python train.py --dataset cifar10 --resume CKPT -e          # evaluate a checkpoint
     python train.py --dataset cifar10 --pretrained_model SSP    # start from a self-supervised backbone
+    python train.py --config configs/lade/cifar100_exp100_LADE.yaml
+    python train.py --dataset cifar100 --resume CKPT -e --shifted_eval   # LADE's shifted test priors
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_optim_args(p)
     config.add_run_args(p, exp_str="ss_pretrained")
     config.add_speed_args(p)
+    config.add_eval_args(p)
     return p
 
 

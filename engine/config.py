@@ -82,6 +82,28 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_batch_size", type=int, default=1000, help="evaluation batch size")
 
 
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """Evaluation-time options: post-hoc logit corrections (``--tau`` is a loss flag, shared with the LA loss)
+    and the shifted-target-prior evaluation of engine/shifted.py."""
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--posthoc", default="none", choices=["none", *sorted(losses.POSTHOC)],
+                   help="correction added to the logits at evaluation: la = -tau*log(pi_s) (Menon et al.); "
+                        "pc = PC softmax, log(pi_t) - log(pi_s) (log(pi_t) alone for LA/BalancedSoftmax/LADE)")
+    g.add_argument("--target_prior", type=float, nargs="*", default=[],
+                   help="--posthoc pc: the test label distribution pi_t as C counts or probabilities "
+                        "(default: uniform)")
+    g.add_argument("--shifted_eval", action="store_true",
+                   help="with -e --resume: evaluate on forward/backward long-tailed test subsets "
+                        "(imbalance 50, 25, 10, 5, 2) and uniform; writes shifted_eval.{csv,json}")
+    g.add_argument("--shifted_seed", type=int, default=0, help="seed of the --shifted_eval subsampling")
+
+
+def validate_eval(args: argparse.Namespace) -> None:
+    if args.shifted_eval and not args.evaluate:
+        raise ValueError("--shifted_eval evaluates a checkpoint: add -e --resume CHECKPOINT")
+    losses.validate_posthoc(args.posthoc, losses.is_prior_adjusted(args.loss_type), args.target_prior)
+
+
 def _coerce(action: argparse.Action, key: str, value, source: str):
     """Apply the flag's type to a YAML value (YAML reads 1e-4 as a string) and check its choices."""
     def one(v):
@@ -150,6 +172,8 @@ def validate_common(args: argparse.Namespace) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     schedules.validate_schedule(args)
+    if hasattr(args, "posthoc"):
+        validate_eval(args)
 
 
 def resolve_device(args: argparse.Namespace) -> torch.device:

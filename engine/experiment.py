@@ -2,7 +2,8 @@
 
 ``run_classification`` takes parsed arguments and the train/test datasets and does the rest: device and
 seeds, model and loss from their registries, optional self-supervised initialisation, loaders,
-``-e/--evaluate``, ``--resume``, the training loop, and the final report.
+``-e/--evaluate`` (with ``--posthoc`` logit corrections and ``--shifted_eval``), ``--resume``, the training
+loop, and the final report.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from engine.config import args_to_dict, resolve_device
 from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
+from engine.shifted import run_shifted_eval
 from engine.trainer import ClassificationStep, Trainer
 
 
@@ -82,12 +84,20 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     test_loader = make_loader(test_set, spec, args, device, train=False)
     run = RunLog(os.path.join(args.root_log, name), None if args.evaluate else dict(args_to_dict(args), seed=seed),
                  tensorboard=not args.evaluate)
-    evaluate_fn = evaluator or (lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list, amp=args.amp))
+    adjustment = losses.posthoc_adjustment(getattr(args, "posthoc", "none"), cls_num_list,
+                                           getattr(args, "tau", 1.0), getattr(args, "target_prior", None),
+                                           losses.is_prior_adjusted(args.loss_type))
+    adjustment = None if adjustment is None else adjustment.to(device)
+    evaluate_fn = evaluator or (lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list,
+                                                 logit_adjustment=adjustment, amp=args.amp))
 
     if args.evaluate:
         load_model_weights(model, resume)
         metrics = evaluate_fn()
         print_report(run, f"Evaluation of {args.resume}", metrics)
+        if getattr(args, "shifted_eval", False):
+            metrics["shifted"] = run_shifted_eval(model, test_loader, cls_num_list, args.loss_type,
+                                                  args.shifted_seed, run, amp=args.amp)
         return metrics
 
     if args.pretrained_model and resume is None:
