@@ -26,6 +26,8 @@ def add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str], default: 
     g.add_argument("--imb_type", default="exp", help="long-tail profile: exp, step, or anything else for balanced")
     g.add_argument("--imb_factor", type=float, default=0.01, help="imbalance factor 1/rho (0.01 = rho 100)")
     g.add_argument("--rand_number", type=int, default=0, help="NumPy seed of the long-tailed subsampling")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download the dataset into --data_path when its files are missing (as upstream)")
 
 
 def add_model_args(p: argparse.ArgumentParser, arch: str = "resnet32", loss_type: str = "CE",

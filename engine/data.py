@@ -31,20 +31,31 @@ class DatasetSpec:
     test: Callable[[argparse.Namespace], object]
 
 
-def _lt_kwargs(args):
-    return dict(imb_type=args.imb_type, imb_factor=args.imb_factor, rand_number=args.rand_number)
+def build_dataset(cls, args: argparse.Namespace, **split):
+    """``cls(data_path, **split, <long-tail flags>)``; with ``--download``, fetch the files when they are missing.
+
+    Without network the error is the dataset's own "where it looked and how to get the data" message.
+    """
+    kwargs = dict(imb_type=args.imb_type, imb_factor=args.imb_factor, rand_number=args.rand_number, **split)
+    try:
+        return cls(args.data_path, **kwargs)
+    except FileNotFoundError as missing:
+        if not getattr(args, "download", False):
+            raise
+        try:
+            return cls(args.data_path, download=True, **kwargs)
+        except OSError as failure:
+            raise FileNotFoundError(f"{missing} (the download failed too: {failure})") from failure
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec(10, CIFAR_MEAN, CIFAR_STD,
-                           train=lambda a: ImbalanceCIFAR10(a.data_path, train=True, **_lt_kwargs(a)),
-                           test=lambda a: ImbalanceCIFAR10(a.data_path, train=False, **_lt_kwargs(a))),
+    "cifar10": DatasetSpec(10, CIFAR_MEAN, CIFAR_STD, train=lambda a: build_dataset(ImbalanceCIFAR10, a, train=True),
+                           test=lambda a: build_dataset(ImbalanceCIFAR10, a, train=False)),
     "cifar100": DatasetSpec(100, CIFAR_MEAN, CIFAR_STD,
-                            train=lambda a: ImbalanceCIFAR100(a.data_path, train=True, **_lt_kwargs(a)),
-                            test=lambda a: ImbalanceCIFAR100(a.data_path, train=False, **_lt_kwargs(a))),
-    "svhn": DatasetSpec(10, SVHN_MEAN, SVHN_STD,
-                        train=lambda a: ImbalanceSVHN(a.data_path, split="train", **_lt_kwargs(a)),
-                        test=lambda a: ImbalanceSVHN(a.data_path, split="test", **_lt_kwargs(a))),
+                            train=lambda a: build_dataset(ImbalanceCIFAR100, a, train=True),
+                            test=lambda a: build_dataset(ImbalanceCIFAR100, a, train=False)),
+    "svhn": DatasetSpec(10, SVHN_MEAN, SVHN_STD, train=lambda a: build_dataset(ImbalanceSVHN, a, split="train"),
+                        test=lambda a: build_dataset(ImbalanceSVHN, a, split="test")),
 }
 
 

@@ -68,19 +68,18 @@ def print_report(run: RunLog, title: str, metrics: dict) -> None:
 
 
 def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, test_set, name: str,
-                       num_outputs: int | None = None, batch_transform: Callable | None = None,
-                       evaluator: Callable | None = None) -> dict:
+                       batch_transform: Callable | None = None) -> dict:
     """Train (or with -e evaluate) a classifier of ``train_set``; returns the summary or the evaluation.
 
-    ``num_outputs``/``batch_transform``/``evaluator`` let a pretext task (rotation prediction) reuse the
-    whole pipeline with its own head size, batches and evaluation.
+    ``batch_transform(x, y) -> (x, y)`` lets a pretext task (rotation prediction) replace the batches.
+    Under torchrun every process uses rank 0's seed and the model is wrapped in DistributedDataParallel.
     """
     device = distributed.init("cuda" if resolve_device(args).type == "cuda" else "cpu") or resolve_device(args)
     resume = load_checkpoint(args.resume) if args.resume else None
-    seed = choose_seed(args, resume)
+    seed = distributed.shared_seed(choose_seed(args, resume), device)
     seed_everything(seed, deterministic=args.seed is not None)
     cls_num_list = train_set.get_cls_num_list()
-    model = build_classifier(args, num_outputs or spec.num_classes, device)
+    model = build_classifier(args, spec.num_classes, device)
     test_loader = make_loader(test_set, spec, args, device, train=False)
     run = RunLog(os.path.join(args.root_log, name), None if args.evaluate else dict(args_to_dict(args), seed=seed),
                  tensorboard=not args.evaluate)
@@ -88,8 +87,8 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
                                            getattr(args, "tau", 1.0), getattr(args, "target_prior", None),
                                            losses.is_prior_adjusted(args.loss_type))
     adjustment = None if adjustment is None else adjustment.to(device)
-    evaluate_fn = evaluator or (lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list,
-                                                 logit_adjustment=adjustment, amp=args.amp))
+    evaluate_fn = lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list,  # noqa: E731
+                                   logit_adjustment=adjustment, amp=args.amp)
 
     if args.evaluate:
         load_model_weights(model, resume)
@@ -110,9 +109,10 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
                                 weight_decay=args.weight_decay)
     train_loader = make_loader(train_set, spec, args, device, train=True, seed=seed,
                                sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
-    train_model = torch.compile(model) if args.compile else model
+    train_model = distributed.wrap_ddp(model, device)
+    train_model = torch.compile(train_model) if args.compile else train_model
     step = ClassificationStep(train_model, criterion, rule, batch_transform)
-    meta = {"arch": args.arch, "num_classes": num_outputs or spec.num_classes,
+    meta = {"arch": args.arch, "num_classes": spec.num_classes,
             "use_norm": uses_normed_head(args.loss_type), "seed": seed, "cls_num_list": list(cls_num_list),
             "args": args_to_dict(args)}
     trainer = Trainer(model, optimizer, train_loader, step, args, run, os.path.join(args.root_model, name), meta,

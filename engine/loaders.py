@@ -56,9 +56,9 @@ class DeviceLoader:
 
     @property
     def num_samples(self) -> int:
-        """Samples this process sees per epoch."""
-        n, world = len(self.labels), distributed.world_size()
-        return n // world if self.train else n
+        """Samples this process sees per epoch (training drops the remainder; evaluation covers every sample)."""
+        n, world, rank = len(self.labels), distributed.world_size(), distributed.rank()
+        return n // world if self.train else len(range(rank, n, world))
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -70,7 +70,7 @@ class DeviceLoader:
     def _epoch_plan(self):
         n = len(self.labels)
         if not self.train:
-            return torch.arange(n, device=self.device), None, None
+            return torch.arange(distributed.rank(), n, distributed.world_size(), device=self.device), None, None
         g = torch.Generator(device=self.device)
         g.manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is None:
@@ -120,18 +120,32 @@ class _SeededSampler(Sampler):
         return self.n // distributed.world_size()
 
 
+class _ShardSampler(Sampler):
+    """Evaluation order: every world_size-th sample from this process's rank, nothing dropped."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        return iter(range(distributed.rank(), self.n, distributed.world_size()))
+
+    def __len__(self) -> int:
+        return len(range(distributed.rank(), self.n, distributed.world_size()))
+
+
 class TorchLoader:
     """A DataLoader over ``dataset`` that yields ``(x, y)`` moved to ``device`` (pinned, non-blocking).
 
     ``sampler``: any sampler with ``set_epoch`` (e.g. a class-aware one); by default a seeded shuffle, or
-    weighted drawing when ``sample_weights`` is given; train=False keeps the dataset order (not sharded).
+    weighted drawing when ``sample_weights`` is given; train=False keeps the dataset order (sharded across
+    processes under torchrun, nothing dropped).
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, workers: int = 4,
                  sample_weights: np.ndarray | None = None, seed: int = 0, drop_last: bool = False,
                  sampler: Sampler | None = None, channels_last: bool = False):
-        if sampler is None and train:
-            sampler = _SeededSampler(len(dataset), sample_weights, seed)
+        if sampler is None:
+            sampler = _SeededSampler(len(dataset), sample_weights, seed) if train else _ShardSampler(len(dataset))
         self.sampler, self.device = sampler, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,

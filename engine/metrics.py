@@ -61,7 +61,8 @@ def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | Non
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_counts: Sequence[int] | None = None,
              logit_adjustment: torch.Tensor | None = None, amp: bool = False) -> dict:
-    """Evaluate ``model`` on ``batches`` of (x, y) already on the model's device.
+    """Evaluate ``model`` on ``batches`` of (x, y) already on the model's device. Under torchrun each process
+    evaluates its shard of the test set (the loaders shard it) and the counts are summed over processes.
 
     ``logit_adjustment`` (C,) is added to the logits before the prediction: a post-hoc correction such as
     -tau * log(pi_s) (Menon et al. 2021) or -log(pi_s) + log(pi_t) (PC softmax, Hong et al. 2021). The
@@ -70,6 +71,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
     Returns top1, top5, loss, per_class, mean_class_acc and many/medium/few (percent).
     """
     was_training = model.training
+    distributed.broadcast_buffers(model)  # every process evaluates rank 0's BatchNorm statistics
     model.eval()
     device = next(model.parameters()).device
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # repo_root/../shared/data
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -158,4 +160,21 @@ def shared_cifar10_root(tmp_path_factory):
                     f"{SHARED_DATA}")
     root = tmp_path_factory.mktemp("shared_cifar10")
     subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    return str(root)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the tiny models of a test run fastest so on two shared cores (no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(tmp_path_factory):
+    """CIFAR-10 layout with 4 training and 4 test images per class (40 with --imb_type none)."""
+    root = tmp_path_factory.mktemp("tiny_cifar10")
+    write_cifar10(root / "cifar-10-batches-py", 4, 4, seed=7)
     return str(root)

@@ -15,27 +15,13 @@ from PIL import Image
 
 import models
 import pretrain_moco
-from conftest import REPO_ROOT, write_cifar10
+from conftest import REPO_ROOT
 from engine.checkpoint import load_checkpoint, load_pretrained_backbone, strip_prefix
 from engine.moco import (MoCo, TwoCropsTransform, batch_shuffle, batch_unshuffle, build_moco, enqueue_,
                          info_nce_logits, moco_v1_augmentation, moco_v2_augmentation, momentum_update_)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tests share two cores with other processes: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar10(tmp_path_factory):
-    """CIFAR-10 layout with 4 training and 4 test images per class (40 with --imb_type none)."""
-    root = tmp_path_factory.mktemp("tiny_cifar10")
-    write_cifar10(root / "cifar-10-batches-py", 4, 4, seed=7)
-    return str(root)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def moco_args(root, tmp_path, *extra):

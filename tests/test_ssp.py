@@ -13,7 +13,7 @@ import torch.nn as nn
 import models
 import pretrain_rot
 import train
-from conftest import REPO_ROOT, write_cifar10
+from conftest import REPO_ROOT
 from engine import config
 from engine.augment import rotate_batch
 from engine.checkpoint import load_checkpoint, load_pretrained_backbone
@@ -22,21 +22,7 @@ from engine.experiment import store_name
 from engine.metrics import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tests share two cores with other processes: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar10(tmp_path_factory):
-    """CIFAR-10 layout with 4 training and 4 test images per class (40 with --imb_type none)."""
-    root = tmp_path_factory.mktemp("tiny_cifar10")
-    write_cifar10(root / "cifar-10-batches-py", 4, 4, seed=7)
-    return str(root)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4, 7, 128, 130])
