@@ -95,4 +95,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    config.run_cli(main)

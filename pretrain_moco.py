@@ -187,5 +187,4 @@ def main(argv=None) -> torch.nn.Module:
 
 
 if __name__ == "__main__":
-    main()
-    distributed.shutdown()
+    config.run_cli(main)

@@ -121,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    config.run_cli(main)

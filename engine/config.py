@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Callable, Sequence
 
 import torch
@@ -16,7 +17,7 @@ import yaml
 
 import losses
 import models
-from engine import schedules
+from engine import distributed, schedules
 
 
 def add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str], default: str = "cifar10") -> None:
@@ -113,7 +114,7 @@ def _coerce(action: argparse.Action, key: str, value, source: str):
             try:
                 v = action.type(v)
             except (TypeError, ValueError) as e:
-                raise SystemExit(f"error: {source}: {key}: {v!r} is not a valid value ({e})")
+                raise SystemExit(f"error: {source}: {key}: {v!r} is not a valid value ({e})") from None
         if action.choices is not None and v not in action.choices:
             raise SystemExit(f"error: {source}: {key}: {v!r} is not one of {list(action.choices)}")
         return v
@@ -184,6 +185,19 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
     if kind == "cuda":
         return torch.device("cuda", args.gpu or 0)
     return torch.device("cpu")
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; a user error (bad input, missing file, NaN loss) ends with one readable line.
+
+    Tracebacks stay for programming errors. ``main`` itself raises, so tests and callers see the exceptions.
+    """
+    try:
+        main()
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        distributed.shutdown()
 
 
 def args_to_dict(args: argparse.Namespace) -> dict:

@@ -68,7 +68,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
     -tau * log(pi_s) (Menon et al. 2021) or -log(pi_s) + log(pi_t) (PC softmax, Hong et al. 2021). The
     reported loss is the plain cross-entropy of the raw logits, as in the reference code. ``amp`` (bf16
     autocast) applies on CUDA only, as in training.
-    Returns top1, top5, loss, per_class, mean_class_acc and many/medium/few (percent).
+    Returns top1, top5, loss, per_class, mean_class_acc and many/medium/few (percent), and ``samples``.
     """
     was_training = model.training
     distributed.broadcast_buffers(model)  # every process evaluates rank 0's BatchNorm statistics
@@ -90,7 +90,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
     model.train(was_training)
     loss_sum, top5, count = sums.tolist()
     out = summarize_confusion(confusion.view(num_classes, num_classes).cpu().numpy(), train_counts)
-    out.update(top5=top5 / max(count, 1) * 100.0, loss=loss_sum / max(count, 1))
+    out.update(top5=top5 / max(count, 1) * 100.0, loss=loss_sum / max(count, 1), samples=int(count))
     return out
 
 

@@ -373,4 +373,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    config.run_cli(main)

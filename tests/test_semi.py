@@ -320,7 +320,7 @@ def test_semi_configs_parse_and_chain():
     bases = {os.path.normpath(checkpoint_of(s, a)): a for s, a in parsed.values()
              if s is train or (s is train_semi and a.labeled_only)}
     outputs = {}
-    for f, (script, args) in parsed.items():
+    for script, args in parsed.values():
         if script is gen_pseudolabels:
             base = bases[os.path.normpath(args.resume)]  # the last-epoch checkpoint of a base config
             assert (base.dataset, base.arch, base.loss_type) == (args.dataset, args.arch, args.loss_type)

@@ -124,3 +124,22 @@ def test_one_epoch_on_real_cifar10_lt(shared_cifar10_root, tmp_path):
                           "--root_log", str(tmp_path / "log"), "--root_model", str(tmp_path / "ckpt"),
                           "--device", "cpu", "--seed", "0"])
     assert summary["last"]["top1"] > 15.0  # chance is 10 %; one warm-up epoch already beats it
+
+
+def test_torchrun_two_processes_train_and_evaluate_the_whole_test_set(cifar10_root, tmp_path):
+    """DDP on CPU (Gloo): both processes train one model; the sharded evaluation counts every test image once,
+    so the logged accuracy equals a single-process evaluation of the saved checkpoint."""
+    import subprocess
+    import sys
+
+    argv = run_args(cifar10_root, tmp_path, epochs=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                    "train.py", *argv], check=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
+                   capture_output=True, timeout=300)
+    final = json.load(open(tmp_path / "log" / NAME.format("CE", "None") / "final.json"))
+    ckpt = tmp_path / "ckpt" / NAME.format("CE", "None") / "ckpt.pth.tar"
+    metrics = train.main(run_args(cifar10_root, tmp_path, "-e", "--resume", str(ckpt)))
+    assert final["last"]["samples"] == metrics["samples"] == 200  # 20 test images per class, each counted once
+    assert metrics["per_class"] == final["last"]["per_class"]
+    assert metrics["top1"] == pytest.approx(final["last"]["top1"])
