@@ -14,12 +14,15 @@ Notation: z logits (B, C), y labels, n_c training count of class c, N = sum_c n_
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from engine import distributed
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {}
 TRAIN_RULES: dict[str, Callable[..., "TrainRule"]] = {}
@@ -195,6 +198,9 @@ class LADELoss(PriorAdjustedCE):
     def __init__(self, cls_num_list, args):
         prior = class_prior(cls_num_list)
         super().__init__(cls_num_list, np.log(prior + 1e-9))
+        if distributed.world_size() > 1:
+            warnings.warn("LADE under torchrun: LADER's per-class batch statistics use each process's share of the "
+                          "batch (LADE's code computed them on the whole DataParallel batch)")
         self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
         self.log_uniform = float(np.log(1.0 / len(prior) + 1e-9))
         self.alpha, self.lam = args.lade_alpha, args.remine_lambda

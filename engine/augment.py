@@ -34,11 +34,17 @@ def crop_flip(padded: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, 
                   cols[:, None, None, :]]
 
 
-def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x / 255 - mean) / std per channel, as ``ToTensor`` then ``Normalize``; returns float32."""
-    m = torch.tensor(mean, device=x_uint8.device).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, device=x_uint8.device).view(1, -1, 1, 1) * 255.0
-    return (x_uint8.float() - m) / s
+def normalization(mean: Sequence[float], std: Sequence[float], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (255 * mean, 255 * std) as (1, C, 1, 1) device tensors, built once per loader: creating
+    them per batch would copy from the host (and wait for the device) at every step."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0,
+            torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
+
+
+def normalize(x_uint8: torch.Tensor, mean255: torch.Tensor, std255: torch.Tensor) -> torch.Tensor:
+    """(x / 255 - mean) / std per channel, as ``ToTensor`` then ``Normalize``, with constants from
+    ``normalization``; returns float32."""
+    return (x_uint8.float() - mean255) / std255
 
 
 def rotate_batch(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,12 @@ import torch.nn as nn
 HEAD_KEYS = ("fc", "linear")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write) -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over ``path``.
 
@@ -33,6 +39,7 @@ def atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,7 +51,8 @@ def save_checkpoint(state: dict, path: str, best_path: str | None = None) -> Non
     """Write ``state`` to ``path`` atomically; when ``best_path`` is given, copy it there (atomically too)."""
     atomic_write(path, lambda f: torch.save(state, f))
     if best_path is not None:
-        atomic_write(best_path, lambda f: shutil.copyfileobj(open(path, "rb"), f))
+        with open(path, "rb") as src:
+            atomic_write(best_path, lambda f: shutil.copyfileobj(src, f))
 
 
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:

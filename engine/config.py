@@ -17,6 +17,7 @@ import yaml
 
 import losses
 import models
+from imbalance_cifar import check_imb_factor
 from engine import distributed, schedules
 
 
@@ -157,9 +158,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
 
 def validate_common(args: argparse.Namespace) -> None:
     """Checks shared by the training scripts; every message names the flag and the fix."""
-    if hasattr(args, "imb_factor") and not 0.0 < args.imb_factor <= 1.0:
-        hint = f" (did you mean {1.0 / args.imb_factor:g}?)" if args.imb_factor > 1 else ""
-        raise ValueError(f"--imb_factor must be in (0, 1] (it is 1/rho), got {args.imb_factor:g}{hint}")
+    if hasattr(args, "imb_factor"):
+        check_imb_factor(args.imb_factor)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
@@ -190,12 +190,15 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``; a user error (bad input, missing file, NaN loss) ends with one readable line.
 
-    Tracebacks stay for programming errors. ``main`` itself raises, so tests and callers see the exceptions.
+    Other exceptions keep their traceback; ``LTR_TRACEBACK=1`` shows it for these too. ``main`` itself raises,
+    so tests and callers see the exceptions.
     """
     try:
         main()
     except (FileNotFoundError, ValueError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+        if os.environ.get("LTR_TRACEBACK"):
+            raise
+        sys.exit(f"error: {e}  (LTR_TRACEBACK=1 shows the traceback)")
     finally:
         distributed.shutdown()
 

@@ -80,7 +80,8 @@ def shutdown() -> None:
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` under torchrun, else ``model`` itself.
 
-    BatchNorm statistics stay per process, as with the reference code's DataParallel.
+    BatchNorm normalises with per-process batch statistics (no SyncBatchNorm); DDP copies rank 0's running
+    statistics to every process at each forward (``broadcast_buffers``).
     """
     if not is_initialized():
         return model

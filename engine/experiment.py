@@ -77,7 +77,9 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     device = distributed.init("cuda" if resolve_device(args).type == "cuda" else "cpu") or resolve_device(args)
     resume = load_checkpoint(args.resume) if args.resume else None
     seed = distributed.shared_seed(choose_seed(args, resume), device)
-    seed_everything(seed, deterministic=args.seed is not None)
+    # Loaders draw orders from ``seed`` itself; torch's global generator (DataLoader workers' augmentation)
+    # is offset by the rank so processes do not augment alike. DDP copies rank 0's initial weights.
+    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)
     cls_num_list = train_set.get_cls_num_list()
     model = build_classifier(args, spec.num_classes, device)
     test_loader = make_loader(test_set, spec, args, device, train=False)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine import distributed
-from engine.augment import crop_flip, draw_crop_flip, normalize
+from engine.augment import crop_flip, draw_crop_flip, normalization, normalize
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -50,7 +50,8 @@ class DeviceLoader:
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
         self.weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float).to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
-        self.mean, self.std, self.seed, self.drop_last = tuple(mean), tuple(std), seed, drop_last
+        self.mean255, self.std255 = normalization(mean, std, device)
+        self.seed, self.drop_last = seed, drop_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
 
@@ -77,10 +78,11 @@ class DeviceLoader:
             order = torch.randperm(n, generator=g, device=self.device)
         else:
             order = torch.multinomial(self.weights, n, replacement=True, generator=g)
-        world = distributed.world_size()
-        order = order[distributed.rank():n - n % world:world]
-        offsets, flips = draw_crop_flip(len(order), self.pad, g, self.device)
-        return order, offsets, flips
+        # Augmentation is drawn for the whole epoch before sharding, so processes never crop alike and a
+        # DDP run sees the draws of a single-process one.
+        offsets, flips = draw_crop_flip(n, self.pad, g, self.device)
+        shard = slice(distributed.rank(), n - n % distributed.world_size(), distributed.world_size())
+        return order[shard], offsets[shard], flips[shard]
 
     def __iter__(self):
         order, offsets, flips = self._epoch_plan()
@@ -91,7 +93,7 @@ class DeviceLoader:
                 x = crop_flip(self.images, idx, offsets[sl], flips[sl], self.size)
             else:
                 x = self.images[idx]
-            x = normalize(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            x = normalize(x, self.mean255, self.std255).contiguous(memory_format=self.memory_format)
             yield x, self.labels[idx]
 
 
@@ -120,7 +122,7 @@ class _SeededSampler(Sampler):
         return self.n // distributed.world_size()
 
 
-class _ShardSampler(Sampler):
+class ShardSampler(Sampler):
     """Evaluation order: every world_size-th sample from this process's rank, nothing dropped."""
 
     def __init__(self, n: int):
@@ -145,7 +147,7 @@ class TorchLoader:
                  sample_weights: np.ndarray | None = None, seed: int = 0, drop_last: bool = False,
                  sampler: Sampler | None = None, channels_last: bool = False):
         if sampler is None:
-            sampler = _SeededSampler(len(dataset), sample_weights, seed) if train else _ShardSampler(len(dataset))
+            sampler = _SeededSampler(len(dataset), sample_weights, seed) if train else ShardSampler(len(dataset))
         self.sampler, self.device = sampler, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,

@@ -35,9 +35,11 @@ def shot_groups(train_counts: Sequence[int]) -> dict[str, np.ndarray]:
 
 
 def shot_accuracy(per_class_acc: np.ndarray, train_counts: Sequence[int]) -> dict[str, float | None]:
-    """Unweighted mean of per-class accuracies within each shot group (None for an empty group)."""
-    return {name: (float(per_class_acc[mask].mean()) if mask.any() else None)
-            for name, mask in shot_groups(train_counts).items()}
+    """Unweighted mean of per-class accuracies within each shot group; NaN entries (classes without test
+    images) are left out, and a group with no class left is None."""
+    groups = shot_groups(train_counts)
+    return {name: (float(np.nanmean(per_class_acc[mask])) if np.isfinite(per_class_acc[mask]).any() else None)
+            for name, mask in groups.items()}
 
 
 def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | None) -> dict:
@@ -53,8 +55,7 @@ def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | Non
            "per_class": [None if np.isnan(a) else round(float(a), 4) for a in per_class],
            "mean_class_acc": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else None}
     if train_counts is not None:
-        present = np.where(np.isnan(per_class), 0.0, per_class)
-        out.update(shot_accuracy(present, train_counts))
+        out.update(shot_accuracy(per_class, train_counts))
     return out
 
 

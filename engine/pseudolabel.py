@@ -35,7 +35,7 @@ from tqdm import tqdm
 import imbalance_cifar
 import imbalance_svhn
 from engine import safe_pickle
-from engine.augment import normalize
+from engine.augment import normalization, normalize
 from engine.checkpoint import atomic_write
 
 # dataset -> (unlabeled sources the flag may name, the default one; None: the dataset has a single pool)
@@ -129,11 +129,12 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean: Sequence[float], s
     """
     model.eval()
     device = next(model.parameters()).device
+    mean255, std255 = normalization(mean, std, device)
     predictions, confidences = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="pseudo-labelling", disable=not progress,
                       dynamic_ncols=True):
         x = torch.from_numpy(images[start:start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        confidence, prediction = model(normalize(x, mean, std)).float().softmax(dim=1).max(dim=1)
+        confidence, prediction = model(normalize(x, mean255, std255)).float().softmax(dim=1).max(dim=1)
         predictions.append(prediction)
         confidences.append(confidence)
     if not predictions:

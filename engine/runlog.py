@@ -74,6 +74,15 @@ class RunLog:
             self.writer.add_scalar("acc/test_top1_best", record["best_acc1"], step)
         self.writer.flush()
 
+    def forget_from(self, epoch: int) -> None:
+        """Drop metrics.jsonl records of ``epoch`` and later: a run resumed from an older checkpoint logs them again."""
+        path = os.path.join(self.dir, "metrics.jsonl")
+        if not self.enabled or not os.path.exists(path):
+            return
+        with open(path) as f:
+            kept = [line for line in f if json.loads(line)["epoch"] < epoch]
+        atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
     def final(self, summary: dict) -> None:
         if self.enabled:
             write_json(os.path.join(self.dir, "final.json"), summary)

@@ -69,7 +69,7 @@ def collect_logits(model: torch.nn.Module, batches: Iterable, amp: bool = False)
     device = next(model.parameters()).device
     logits, labels = [], []
     for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits.append(model(x).float())
         labels.append(y)
     model.train(was_training)
@@ -136,6 +136,8 @@ def write_rows(rows: list[dict], folder: str) -> tuple[str, str]:
 def run_shifted_eval(model: torch.nn.Module, test_loader: Iterable, cls_num_list: Sequence[int],
                      loss_type: str, seed: int, run: RunLog, amp: bool = False) -> list[dict]:
     """Score ``model`` on every shifted test distribution; print the table and write it under ``run.dir``."""
+    if distributed.world_size() > 1:
+        raise ValueError("--shifted_eval evaluates in one process: run it with python, not torchrun")
     logits, labels = collect_logits(model, test_loader, amp)
     rows = shifted_evaluation(logits, labels, cls_num_list, losses.is_prior_adjusted(loss_type), seed)
     run.print(f"Shifted test label distributions (seed {seed}; +prior: target-prior correction, "

@@ -100,6 +100,7 @@ class Trainer:
         self.state = TrainState(epoch=int(ckpt["epoch"]), best_acc1=float(ckpt.get("best_acc1", 0.0)),
                                 best_epoch=int(ckpt.get("best_epoch", -1)), best=ckpt.get("best", {}),
                                 last=ckpt.get("last", {}))
+        self.run.forget_from(self.state.epoch)
 
     def save(self, is_best: bool) -> None:
         """Write the checkpoint atomically (main process only); the best epoch is also ``ckpt.best.pth.tar``."""
@@ -112,7 +113,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
-        value = loss_sum.item()
+        """Stop on a NaN/inf loss; the value is summed over processes so that all of them stop together."""
+        value = distributed.all_reduce_sum(loss_sum.detach().clone()).item()
         if not math.isfinite(value):
             last = self.last_saved or (self.checkpoint_path(self.state.epoch) if self.ckpt_dir else "")
             where = (f"the last good checkpoint is {last} (epoch {self.state.epoch})" if os.path.exists(last)
@@ -146,8 +148,8 @@ class Trainer:
                 self._check_finite(sums[0], epoch, i)
                 loss_sum, correct = sums.tolist()
                 bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{100 * correct / count:.2f}", lr=f"{lr:.4g}")
+        self._check_finite(sums[0], epoch, len(self.loader))
         totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
-        self._check_finite(totals[0], epoch, len(self.loader))
         loss_sum, correct, count = totals.tolist()
         return {"lr": lr, "train_loss": loss_sum / max(count, 1), "train_top1": 100.0 * correct / max(count, 1)}
 

@@ -26,13 +26,13 @@ from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights
                                save_checkpoint)
 from engine.config import args_to_dict, resolve_device
 from engine.experiment import build_classifier, choose_seed, print_report, seed_everything, uses_normed_head
-from engine.loaders import TorchLoader
+from engine.loaders import ShardSampler, TorchLoader
 from engine.metrics import evaluate
 from engine.runlog import RunLog, write_json
 from engine.trainer import ClassificationStep, Trainer
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
 from imagenet_inat.heads import STAGES, FrozenBNStep, freeze_backbone, tau_normalized
-from imagenet_inat.samplers import SAMPLERS, ShardSampler, build_sampler, shard_union
+from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 
 IMAGENET_ARCHS = [name for name in models.resnet.__all__ if name in models.ARCHS]
 SPLITS = ("train", "val", "test")
@@ -215,10 +215,8 @@ def replica_checksum(model: torch.nn.Module) -> float:
 
 # -- evaluation and outputs -----------------------------------------------------------------------------
 def evaluate_split(model, loader, args, counts) -> dict:
-    """Top-1/5, per-class and many/medium/few accuracy (autocast only on CUDA, like the Trainer)."""
-    distributed.broadcast_buffers(model)
-    amp = args.amp and next(model.parameters()).device.type == "cuda"
-    return evaluate(model, loader, args.num_classes, counts, amp=amp)
+    """Top-1/5, per-class and many/medium/few accuracy (rank 0's BatchNorm statistics on every rank)."""
+    return evaluate(model, loader, args.num_classes, counts, amp=args.amp)
 
 
 @torch.no_grad()

@@ -121,23 +121,6 @@ def build_sampler(name: str, labels: Sequence[int], seed: int, samples_per_class
     return SAMPLERS[name](labels, seed, samples_per_class)
 
 
-class ShardSampler(Sampler):
-    """Evaluation: rank r takes indices r, r + W, ... in dataset order, every sample exactly once overall.
-
-    ``metrics.evaluate`` sums the confusion matrix over ranks, so sharded evaluation gives exact metrics.
-    """
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __iter__(self):
-        return iter(range(distributed.rank(), self.n, distributed.world_size()))
-
-    def __len__(self) -> int:
-        world, r = distributed.world_size(), distributed.rank()
-        return len(range(r, self.n, world))
-
-
 def shard_union(shards: Sequence[np.ndarray]) -> np.ndarray:
     """Undo the rank::world interleaving: shards[r] holds items r, r + W, ... of the full sequence."""
     world = len(shards)

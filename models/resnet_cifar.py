@@ -40,7 +40,10 @@ class NormedLinear(nn.Module):
             self.weight.div_(self.weight.norm(dim=0, keepdim=True))
 
     def forward(self, x):
-        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
+        # Cosines in float32 even under bf16 autocast: bf16 rounding (~4e-3, x30 by LDAM's scale) would be
+        # as large as the LDAM margins themselves.
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize(x.float(), dim=1) @ F.normalize(self.weight.float(), dim=0)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -33,7 +33,7 @@ def test_crop_flip_equals_torchvision_for_the_same_offsets_and_flips():
 def test_normalize_equals_to_tensor_then_normalize():
     imgs = _images(2)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    ours = augment.normalize(torch.from_numpy(imgs).permute(0, 3, 1, 2), mean, std)
+    ours = augment.normalize(torch.from_numpy(imgs).permute(0, 3, 1, 2), *augment.normalization(mean, std, 'cpu'))
     for i in range(2):
         ref = TF.normalize(TF.to_tensor(Image.fromarray(imgs[i])), mean, std)
         torch.testing.assert_close(ours[i], ref, rtol=1e-5, atol=1e-5)
@@ -86,7 +86,8 @@ def test_device_loader_eval_is_in_order_and_unaugmented():
     imgs, labels = _images(5), np.arange(5)
     loader = _loader(imgs, labels, train=False)
     x = torch.cat([x for x, _ in loader])
-    expected = augment.normalize(torch.from_numpy(imgs).permute(0, 3, 1, 2), (0.5,) * 3, (0.5,) * 3)
+    expected = augment.normalize(torch.from_numpy(imgs).permute(0, 3, 1, 2),
+                                *augment.normalization((0.5,) * 3, (0.5,) * 3, 'cpu'))
     assert torch.equal(x, expected)
 
 

@@ -72,3 +72,24 @@ def test_backbone_of_another_depth_is_refused_both_ways(tmp_path):
     with pytest.raises(ValueError, match="no key"):
         checkpoint.load_pretrained_backbone(models.build_model("resnet20", 10),
                                             _save(tmp_path, "other.pth", {"encoder.w": torch.zeros(1)}))
+
+
+def test_runlog_forgets_epochs_a_resumed_run_repeats(tmp_path):
+    import json
+
+    from engine.runlog import RunLog
+
+    run = RunLog(str(tmp_path), tensorboard=False)
+    for epoch in range(4):
+        run.epoch({"epoch": epoch, "lr": 0.1})
+    run.forget_from(2)  # resumed from the checkpoint written after epoch 1
+    run.epoch({"epoch": 2, "lr": 0.1})
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    path = tmp_path / "ckpt.pth.tar"
+    checkpoint.save_checkpoint({"state_dict": {}}, str(path), str(tmp_path / "best.pth.tar"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~mask == (os.stat(tmp_path / "best.pth.tar").st_mode & 0o777)

@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cifar10_root, tmp_
 
 @pytest.mark.parametrize("extra,message", [
     (["--imb_factor", "100"], "did you mean 0.01"),
-    (["--imb_factor", "0"], "--imb_factor must be in"),
+    (["--imb_factor", "0"], "must be in (0, 1]"),
     (["--dataset", "mnist"], "--dataset"),
     (["--arch", "vgg"], "--arch"),
     (["--loss_type", "Hinge"], "--loss_type"),
