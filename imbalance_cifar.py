@@ -412,18 +412,19 @@ def load_unlabeled_pool(root, source, labeled_indices=None):
 
 class ImbalanceCIFAR10(ImageArrayDataset):
     """CIFAR-10-LT (Cao et al. 2019; SPEC §2.1): ``train=True`` keeps n_i images of class i
-    (``get_img_num_per_cls`` with img_max = len(train)/C), drawn by ``long_tail_indices``;
+    (``get_img_num_per_cls`` with img_max = len(train)/C, or ``img_max`` when given: the labeled
+    set of the semi-supervised stand-in protocol), drawn by ``long_tail_indices``;
     ``train=False`` is the official test split unchanged."""
     release = CIFAR10
     cls_num = 10
 
     def __init__(self, root, imb_type="exp", imb_factor=0.01, rand_number=0, train=True,
-                 transform=None, target_transform=None, download=False):
+                 transform=None, target_transform=None, download=False, img_max=None):
         check_imb_factor(imb_factor)
         data, labels, classes = read_cifar(root, self.release, train, download)
         if train:
-            counts = get_img_num_per_cls(len(labels) / self.cls_num, self.cls_num, imb_type,
-                                         imb_factor)
+            img_max = len(labels) / self.cls_num if img_max is None else img_max
+            counts = get_img_num_per_cls(img_max, self.cls_num, imb_type, imb_factor)
             keep = long_tail_indices(labels, range(self.cls_num), counts, rand_number)
             data, labels = data[keep], labels[keep]
         super().__init__(data, labels, classes, transform, target_transform)

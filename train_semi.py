@@ -22,7 +22,7 @@ import argparse
 
 import imbalance_cifar
 from engine import config, pseudolabel
-from engine.data import DATASETS
+from engine.data import DATASETS, build_dataset
 from engine.experiment import run_classification, store_name
 from imbalance_svhn import ImbalanceSVHN, SemiSupervisedImbalanceSVHN
 
@@ -31,36 +31,22 @@ STORE_FIELDS = ("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_f
 CIFAR10_ONLY = ("labeled_max", "unlabeled_max")
 
 
-def _lt_kwargs(args: argparse.Namespace) -> dict:
-    return dict(imb_type=args.imb_type, imb_factor=args.imb_factor, rand_number=args.rand_number)
-
-
 def _semi_kwargs(args: argparse.Namespace) -> dict:
     return dict(imb_factor_unlabel=args.imb_factor_unlabel, pseudo_label_file=args.pseudo_label_file,
                 unlabel_size_factor=args.unlabel_size_factor)
 
 
-def cifar10_labeled(args: argparse.Namespace) -> imbalance_cifar.ImageArrayDataset:
-    """D_L of the semi-supervised CIFAR-10 set alone: ImbalanceCIFAR10's seeded long-tailed draw with
-    img_max = --labeled_max (default: 5000, which gives ImbalanceCIFAR10 itself)."""
-    data, labels, classes = imbalance_cifar.read_cifar(args.data_path, imbalance_cifar.CIFAR10, train=True)
-    img_max = len(labels) / len(classes) if args.labeled_max is None else args.labeled_max
-    counts = imbalance_cifar.get_img_num_per_cls(img_max, len(classes), args.imb_type, args.imb_factor)
-    keep = imbalance_cifar.long_tail_indices(labels, range(len(classes)), counts, args.rand_number)
-    return imbalance_cifar.ImageArrayDataset(data[keep], labels[keep], classes)
-
-
 # dataset -> builder of D_L + D_U
 SEMI_SETS = {
-    "cifar10": lambda a: imbalance_cifar.SemiSupervisedImbalanceCIFAR10(
-        a.data_path, train=True, unlabeled_source=a.unlabeled_source, labeled_max=a.labeled_max,
-        unlabeled_max=a.unlabeled_max, **_lt_kwargs(a), **_semi_kwargs(a)),
-    "svhn": lambda a: SemiSupervisedImbalanceSVHN(a.data_path, split="train", **_lt_kwargs(a), **_semi_kwargs(a)),
+    "cifar10": lambda a: build_dataset(imbalance_cifar.SemiSupervisedImbalanceCIFAR10, a, train=True,
+                                       unlabeled_source=a.unlabeled_source, labeled_max=a.labeled_max,
+                                       unlabeled_max=a.unlabeled_max, **_semi_kwargs(a)),
+    "svhn": lambda a: build_dataset(SemiSupervisedImbalanceSVHN, a, split="train", **_semi_kwargs(a)),
 }
 # dataset -> builder of D_L alone (--labeled_only: the base classifier of the pipeline)
 LABELED_SETS = {
-    "cifar10": cifar10_labeled,
-    "svhn": lambda a: ImbalanceSVHN(a.data_path, split="train", **_lt_kwargs(a)),
+    "cifar10": lambda a: build_dataset(imbalance_cifar.ImbalanceCIFAR10, a, train=True, img_max=a.labeled_max),
+    "svhn": lambda a: build_dataset(ImbalanceSVHN, a, split="train"),
 }
 
 

@@ -45,6 +45,8 @@ def build_dataset(cls, args: argparse.Namespace, **split):
             raise
         try:
             return cls(args.data_path, download=True, **kwargs)
+        except FileNotFoundError:  # the download worked, or was not needed, and something else is missing
+            raise
         except OSError as failure:
             raise FileNotFoundError(f"{missing} (the download failed too: {failure})") from failure
 

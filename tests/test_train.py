@@ -143,3 +143,8 @@ def test_torchrun_two_processes_train_and_evaluate_the_whole_test_set(cifar10_ro
     assert final["last"]["samples"] == metrics["samples"] == 200  # 20 test images per class, each counted once
     assert metrics["per_class"] == final["last"]["per_class"]
     assert metrics["top1"] == pytest.approx(final["last"]["top1"])
+
+
+def test_missing_data_error_says_where_and_how(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="expand_cifar10.py"):
+        train.main(["--data_path", str(tmp_path / "nowhere"), "--no-download", "--device", "cpu"])
