@@ -9,8 +9,8 @@ then train normally from it:
 
 Task: each training image is rotated once by k * 90 degrees counter-clockwise and a 4-way head predicts k
 with --loss_type (CE). Per batch, k is upstream's nearly balanced draw (a random permutation of [0, 1, 2, 3]
-repeated, cut to the batch size), taken from the device's torch generator that the run seed (--seed, or the
-one recorded in the log) seeds: an unbroken run is reproducible, a resumed one draws a new stream. Class
+repeated, cut to the batch size), drawn from a generator seeded by (run seed, epoch): a resumed run draws
+the rotations of an unbroken one. Class
 labels are never used: the loss and --train_rule see the four balanced rotation classes, so re-balancing
 rules have nothing to correct.
 Evaluation: every test image under all four rotations, so the reported Prec@1 is a deterministic rotation
@@ -31,24 +31,40 @@ from engine import config
 from engine.augment import rotate_batch
 from engine.data import DATASETS
 from engine.experiment import run_classification, store_name
+from engine.loaders import epoch_seed
 from imbalance_cifar import ImageArrayDataset
 
 ROTATIONS = ("0", "90", "180", "270")  # class k = k * 90 degrees counter-clockwise
 
 
-def rotation_labels(batch_size: int, device) -> torch.Tensor:
+def rotation_labels(batch_size: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
     """The first B of a random permutation of [0, 1, 2, 3] repeated ceil(B/4) + 1 times (upstream's draw).
 
     Each label appears between ceil(B/4) + 1 - (4 * (ceil(B/4) + 1) - B) and ceil(B/4) + 1 times.
     """
     pool = torch.arange(4, device=device).repeat(-(-batch_size // 4) + 1)
-    return pool[torch.randperm(len(pool), device=device)[:batch_size]]
+    return pool[torch.randperm(len(pool), device=device, generator=generator)[:batch_size]]
 
 
-def rotate(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch transform: (images, class labels) -> (image i rotated by k_i * 90 degrees CCW, k)."""
-    k = rotation_labels(x.shape[0], x.device)
-    return rotate_batch(x, k), k
+class Rotate:
+    """Batch transform: (images, class labels) -> (image i rotated by k_i * 90 degrees CCW, k).
+
+    Labels come from a generator re-seeded from (run seed, epoch) at each epoch, so a resumed run draws the
+    rotations of an unbroken one (the run seed is torch's, set by engine.experiment.seed_everything).
+    """
+
+    def __init__(self):
+        self.epoch, self.generator = 0, None
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.generator = epoch, None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.generator is None:
+            self.generator = torch.Generator(device=x.device)
+            self.generator.manual_seed(epoch_seed(torch.initial_seed(), self.epoch))
+        k = rotation_labels(x.shape[0], x.device, self.generator)
+        return rotate_batch(x, k), k
 
 
 def rotation_train_set(train_set) -> ImageArrayDataset:
@@ -78,7 +94,7 @@ def main(argv=None):
     data = DATASETS[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
     return run_classification(args, spec, rotation_train_set(data.train(args)), rotated_test_set(data.test(args)),
-                              store_name(args), batch_transform=rotate)
+                              store_name(args), batch_transform=Rotate())
 
 
 if __name__ == "__main__":

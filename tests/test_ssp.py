@@ -43,7 +43,12 @@ def test_rotation_labels_are_upstreams_nearly_balanced_draw(batch):
 def test_rotate_batch_transform_is_an_exact_rot90_with_matching_labels():
     torch.manual_seed(3)
     x, y = torch.randn(16, 3, 8, 8), torch.arange(16)
-    rotated, k = pretrain_rot.rotate(x, y)
+    rotate = pretrain_rot.Rotate()
+    rotate.start_epoch(4)
+    rotated, k = rotate(x, y)
+    again = pretrain_rot.Rotate()
+    again.start_epoch(4)
+    assert torch.equal(again(x, y)[1], k)  # the same epoch draws the same rotations (exact resume)
     assert set(k.tolist()) == {0, 1, 2, 3}
     for i in range(16):
         assert torch.equal(rotated[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
