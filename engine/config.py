@@ -82,7 +82,10 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                    help="device: data and augmentation on the device; torch: DataLoader with PIL transforms")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step (model and loss)")
+    g.add_argument("--compile_mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode; reduce-overhead captures CUDA graphs (GPU)")
     g.add_argument("--eval_batch_size", type=int, default=1000, help="evaluation batch size")
 
 

@@ -111,9 +111,8 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
                                 weight_decay=args.weight_decay)
     train_loader = make_loader(train_set, spec, args, device, train=True, seed=seed,
                                sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
-    train_model = distributed.wrap_ddp(model, device)
-    train_model = torch.compile(train_model) if args.compile else train_model
-    step = ClassificationStep(train_model, criterion, rule, batch_transform)
+    step = ClassificationStep(distributed.wrap_ddp(model, device), criterion, rule, batch_transform,
+                              compile_mode=args.compile_mode if args.compile else None)
     meta = {"arch": args.arch, "num_classes": spec.num_classes,
             "use_norm": uses_normed_head(args.loss_type), "seed": seed, "cls_num_list": list(cls_num_list),
             "args": args_to_dict(args)}

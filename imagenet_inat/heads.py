@@ -74,8 +74,9 @@ class FrozenBNStep(ClassificationStep):
     after the epoch's steps).
     """
 
-    def __init__(self, model: nn.Module, criterion: nn.Module, rule=None, bn_model: nn.Module | None = None):
-        super().__init__(model, criterion, rule)
+    def __init__(self, model: nn.Module, criterion: nn.Module, rule=None, bn_model: nn.Module | None = None,
+                 compile_mode: str | None = None):
+        super().__init__(model, criterion, rule, compile_mode=compile_mode)
         self.batchnorms = backbone_batchnorms(bn_model if bn_model is not None else model)
 
     def start_epoch(self, epoch: int) -> None:

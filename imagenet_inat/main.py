@@ -270,11 +270,11 @@ def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict 
     counts = splits["train"].get_cls_num_list()
     trainable = list(model.parameters()) if STAGES[args.stage].train_backbone else freeze_backbone(model)
     net = distributed.wrap_ddp(model, device)
-    step_model = torch.compile(net) if args.compile else net
     criterion = losses.build_loss(args.loss_type, counts, args).to(device)
     rule = losses.build_train_rule(args.train_rule, counts, args)
-    step = (FrozenBNStep(step_model, criterion, rule, bn_model=model) if args.freeze_bn
-            else ClassificationStep(step_model, criterion, rule))
+    compile_mode = args.compile_mode if args.compile else None
+    step = (FrozenBNStep(net, criterion, rule, bn_model=model, compile_mode=compile_mode) if args.freeze_bn
+            else ClassificationStep(net, criterion, rule, compile_mode=compile_mode))
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     val_loader = eval_loader(splits["val"], args, device)
     trainer = Trainer(net, optimizer, train_loader(splits["train"], args, device, seed), step, args, run,
