@@ -87,7 +87,9 @@ def main(argv=None) -> str:
     device = config.resolve_device(args)
     print(f"=> {arch} (cosine head: {use_norm}) from {args.resume} labels {len(images)} images of the "
           f"{args.dataset} pool {args.unlabeled_source or 'extra'} on {device}", flush=True)
-    predictions, confidence = pseudolabel.predict(model.to(device), images, spec.mean, spec.std, args.batch_size)
+    scale = ckpt.get("args", {}).get("ldam_s", losses.default_loss_args().ldam_s) if use_norm else 1.0
+    predictions, confidence = pseudolabel.predict(model.to(device), images, spec.mean, spec.std, args.batch_size,
+                                                  logit_scale=scale)
     predictions = pseudolabel.apply_threshold(predictions, confidence, args.confidence_threshold)
     pseudolabel.write_pseudo_labels(output, predictions, confidence, args.resume, ground_truth, args.overwrite)
     print(f"=> {output}: {pseudolabel.describe(predictions, spec.num_classes, ground_truth)}", flush=True)

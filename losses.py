@@ -200,7 +200,7 @@ class LADELoss(PriorAdjustedCE):
         super().__init__(cls_num_list, np.log(prior + 1e-9))
         if distributed.world_size() > 1:
             warnings.warn("LADE under torchrun: LADER's per-class batch statistics use each process's share of the "
-                          "batch (LADE's code computed them on the whole DataParallel batch)")
+                          "batch (LADE's code computed them on the whole DataParallel batch)", stacklevel=2)
         self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
         self.log_uniform = float(np.log(1.0 / len(prior) + 1e-9))
         self.alpha, self.lam = args.lade_alpha, args.remine_lambda

@@ -167,7 +167,9 @@ def main(argv=None) -> torch.nn.Module:
     loader = build_loader(args, source, device, seed)
     moco = build_moco_model(args, device, resume)
     model = distributed.wrap_ddp(moco, device)
-    optimizer = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=args.lr,
+    # All parameters, as the reference (its optimizer state then resumes here); the key encoder gets no
+    # gradient, and SGD skips parameters without one.
+    optimizer = torch.optim.SGD(moco.parameters(), lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     fields = ("dataset", "arch", "exp_str") if source.list_file else ("dataset", "arch", "imb_type", "imb_factor",
                                                                       "exp_str")
@@ -179,6 +181,9 @@ def main(argv=None) -> torch.nn.Module:
         trainer.restore(resume)
         run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")
     world = distributed.world_size()
+    if world == 1:
+        run.print("=> note: one process, so shuffle-BN has nothing to shuffle across; the reference ran MoCo "
+                  "only under DDP (launch with torchrun --nproc_per_node N for the paper's setting)")
     run.print(f"=> MoCo on {args.dataset}: {len(loader.loader.dataset)} images, {world} process(es) x batch "
               f"{args.batch_size // world}, {len(loader)} steps/epoch, queue {args.moco_k}, seed {seed}, device {device}")
     trainer.fit()

@@ -108,6 +108,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def validate_eval(args: argparse.Namespace) -> None:
     if args.shifted_eval and not args.evaluate:
         raise ValueError("--shifted_eval evaluates a checkpoint: add -e --resume CHECKPOINT")
+    if args.shifted_eval and args.posthoc != "none":
+        raise ValueError("--shifted_eval reports raw and target-prior-corrected accuracy itself; drop --posthoc")
     losses.validate_posthoc(args.posthoc, losses.is_prior_adjusted(args.loss_type), args.target_prior)
 
 

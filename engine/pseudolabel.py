@@ -121,11 +121,12 @@ def load_pool(dataset: str, source: str | None, data_dir: str, data_filename: st
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float],
-            batch_size: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int, progress: bool = True, logit_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Argmax prediction (int64) and max-softmax confidence (float32) of every image, in order.
 
     Batches of ``batch_size`` uint8 images are copied to the model's device and normalised there; results
-    stay on the device until the end (one host synchronisation).
+    stay on the device until the end (one host synchronisation). ``logit_scale`` multiplies the logits before
+    the softmax: LDAM's s for a cosine head, whose raw cosines would give near-uniform confidences.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -134,7 +135,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean: Sequence[float], s
     for start in tqdm(range(0, len(images), batch_size), desc="pseudo-labelling", disable=not progress,
                       dynamic_ncols=True):
         x = torch.from_numpy(images[start:start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        confidence, prediction = model(normalize(x, mean255, std255)).float().softmax(dim=1).max(dim=1)
+        logits = model(normalize(x, mean255, std255)).float() * logit_scale
+        confidence, prediction = logits.softmax(dim=1).max(dim=1)
         predictions.append(prediction)
         confidences.append(confidence)
     if not predictions:

@@ -9,7 +9,8 @@ globals that plain containers and NumPy arrays need; anything else raises
 """
 import os
 import pickle
-import tempfile
+
+from engine.checkpoint import atomic_write
 
 _NUMPY_GLOBALS = {
     # ndarray.__reduce_ex__ for protocols <= 4 (numpy 1.x spelling and numpy 2.x spelling).
@@ -59,16 +60,5 @@ def load(path, encoding="ASCII"):
 
 
 def dump(obj, path):
-    """Pickle ``obj`` to ``path`` atomically: temp file in the same folder, fsync, os.replace."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Pickle ``obj`` to ``path`` atomically (engine.checkpoint.atomic_write)."""
+    atomic_write(os.fspath(path), lambda f: pickle.dump(obj, f, protocol=PROTOCOL))

@@ -46,6 +46,7 @@ import argparse
 import copy
 import csv
 import importlib
+import io
 import json
 import os
 import re
@@ -62,6 +63,7 @@ from typing import Callable
 import yaml
 
 from engine import config as engine_config
+from engine.checkpoint import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLES_DIR = REPO_ROOT / "configs" / "tables"
@@ -458,6 +460,8 @@ def _option(action: argparse.Action) -> str:
 def _tokens(dest: str, value, action: argparse.Action | None, where: str) -> list[str]:
     """Command-line tokens setting ``dest`` to ``value`` (flag spelling from the parser when known)."""
     option = _option(action) if action is not None else f"--{dest}"
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [option] if value else ["--no-" + option[2:]]
     if isinstance(value, bool) or (action is not None and action.nargs == 0):
         const = True if action is None else action.const
         if value == const:
@@ -639,7 +643,7 @@ def _execute(job: Job, threads: int) -> tuple[int, float]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     start = time.perf_counter()
-    with open(os.path.join(job.dir, "output.log"), "w") as log:
+    with open(os.path.join(job.dir, "output.log"), "a") as log:  # a resumed run keeps the interrupted log
         log.write(shlex.join(job.command()) + "\n")
         log.flush()
         rc = subprocess.run(job.command(sys.executable), stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -857,10 +861,10 @@ def write_report(plan: Plan, result: RunResult | None = None) -> tuple[str, str]
     records = collect(plan)
     os.makedirs(plan.out, exist_ok=True)
     md_path, csv_path = os.path.join(plan.out, f"{plan.stem}.md"), os.path.join(plan.out, f"{plan.stem}.csv")
-    with open(md_path, "w") as f:
-        f.write(report_markdown(plan, records, result))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(report_rows(plan, records))
+    atomic_write(md_path, lambda f: f.write(report_markdown(plan, records, result).encode()))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(report_rows(plan, records))
+    atomic_write(csv_path, lambda f: f.write(table.getvalue().encode()))
     return md_path, csv_path

@@ -165,7 +165,10 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"stage {args.stage} starts from a trained model: set init (or --model_dir) to the "
                              "stage-1 run folder or checkpoint")
         if init and not args.resume:
-            checkpoint_path(init, "--model_dir" if args.model_dir else "init")
+            source = checkpoint_path(init, "--model_dir" if args.model_dir else "init")
+            if os.path.realpath(os.path.dirname(source)) == os.path.realpath(args.log_dir):
+                raise ValueError(f"log_dir {args.log_dir!r} is the folder of the checkpoint this stage starts from: "
+                                 "give this stage its own log_dir, or it overwrites stage 1's checkpoints")
         if args.resume and not stage.trains:
             raise ValueError(f"--resume continues training; stage {args.stage} does not train")
         if args.resume and not os.path.isfile(args.resume):

@@ -384,3 +384,10 @@ def test_ddp_two_processes_on_cpu_agree(syn_root, tmp_path):
                        "--model_dir", str(tmp_path)])
     assert single["per_class"] == final["final"]["per_class"]
     assert single["loss"] == pytest.approx(final["final"]["loss"], rel=1e-4)
+
+
+def test_a_stage_may_not_write_into_the_folder_it_starts_from(stage1, syn_root, capsys):
+    log_dir, _ = stage1
+    with pytest.raises(SystemExit):
+        iin.main(["--cfg", str(SYN / "cls_crt.yaml"), *tiny(syn_root, log_dir), "--init", log_dir])
+    assert "overwrites stage 1's checkpoints" in capsys.readouterr().err

@@ -319,3 +319,12 @@ def test_pipeline_expands_without_the_scripts_parser(monkeypatch):
         os.path.join("cifar100_resnet32_CE_None_exp_0.1_pretrain_rot", "ckpt.pth.tar"))
     assert flag(final.argv, "--pretrained_model") == pretrain.outputs["checkpoint"]
     assert "--imb_factor" in pretrain.argv and "--exp_str" not in pretrain.argv
+
+
+def test_on_off_switches_become_flag_or_no_flag():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    action = parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+    assert tables._tokens("download", False, action, "spec") == ["--no-download"]
+    assert tables._tokens("download", True, action, "spec") == ["--download"]

@@ -335,3 +335,17 @@ def test_semi_configs_parse_and_chain():
         assert (args.epochs, args.batch_size, args.arch) == (200, 256, "resnet32")
         assert args.unlabeled_source == ("cifar10_train" if "standin" in f else
                                          "tinyimages" if args.dataset == "cifar10" else None)
+
+
+def test_cosine_head_confidence_uses_the_ldam_scale():
+    model = models.build_model("resnet20", 10, use_norm=True).eval()
+    images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    raw_pred, raw_conf = pseudolabel.predict(model, images, CIFAR_MEAN, CIFAR_STD, 4, progress=False)
+    pred, conf = pseudolabel.predict(model, images, CIFAR_MEAN, CIFAR_STD, 4, progress=False, logit_scale=30.0)
+    np.testing.assert_array_equal(pred, raw_pred)  # the prediction does not depend on the scale
+    with torch.no_grad():
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) \
+            / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+        expected = (30.0 * model(x)).softmax(1).max(1).values.numpy()
+    np.testing.assert_allclose(conf, expected, rtol=1e-4)
+    assert (conf > raw_conf).all()

@@ -133,3 +133,11 @@ def test_train_then_shifted_eval_writes_csv_and_json(cifar100_root, tmp_path):
     assert [r["distribution"] for r in csv.DictReader(open(log_dir / "shifted_eval.csv"))] == ORDER
     again = train.main(common + ["-e", "--resume", str(ckpt), "--shifted_eval", "--shifted_seed", "3"])["shifted"]
     assert again == rows  # deterministic for a seed
+
+
+def test_shifted_eval_refuses_posthoc():
+    import train
+    from engine import config
+
+    with pytest.raises(SystemExit):
+        config.parse(train.build_parser(), ["-e", "--resume", __file__, "--shifted_eval", "--posthoc", "pc"])
