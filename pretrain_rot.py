@@ -31,7 +31,7 @@ from engine import config
 from engine.augment import rotate_batch
 from engine.data import DATASETS
 from engine.experiment import run_classification, store_name
-from engine.loaders import epoch_seed
+from engine.samplers import epoch_seed
 from imbalance_cifar import ImageArrayDataset
 
 ROTATIONS = ("0", "90", "180", "270")  # class k = k * 90 degrees counter-clockwise

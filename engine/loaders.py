@@ -22,11 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine import distributed
 from engine.augment import crop_flip, draw_crop_flip, normalization, normalize
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for (seed, epoch): distinct epochs and seeds give unrelated streams."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+from engine.samplers import default_sampler, epoch_seed
 
 
 class DeviceLoader:
@@ -97,44 +93,6 @@ class DeviceLoader:
             yield x, self.labels[idx]
 
 
-class _SeededSampler(Sampler):
-    """Uniform shuffling or weighted drawing with replacement, seeded per epoch, sharded across processes."""
-
-    def __init__(self, n: int, weights: np.ndarray | None, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> torch.Tensor:
-        g = torch.Generator()
-        g.manual_seed(epoch_seed(self.seed, self.epoch))
-        if self.weights is None:
-            return torch.randperm(self.n, generator=g)
-        return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-
-    def __iter__(self):
-        world = distributed.world_size()
-        return iter(self._order()[distributed.rank():self.n - self.n % world:world].tolist())
-
-    def __len__(self) -> int:
-        return self.n // distributed.world_size()
-
-
-class ShardSampler(Sampler):
-    """Evaluation order: every world_size-th sample from this process's rank, nothing dropped."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __iter__(self):
-        return iter(range(distributed.rank(), self.n, distributed.world_size()))
-
-    def __len__(self) -> int:
-        return len(range(distributed.rank(), self.n, distributed.world_size()))
-
-
 class TorchLoader:
     """A DataLoader over ``dataset`` that yields ``(x, y)`` moved to ``device`` (pinned, non-blocking).
 
@@ -147,7 +105,7 @@ class TorchLoader:
                  sample_weights: np.ndarray | None = None, seed: int = 0, drop_last: bool = False,
                  sampler: Sampler | None = None, channels_last: bool = False):
         if sampler is None:
-            sampler = _SeededSampler(len(dataset), sample_weights, seed) if train else ShardSampler(len(dataset))
+            sampler = default_sampler(len(dataset), train, sample_weights, seed)
         self.sampler, self.device = sampler, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,

@@ -26,7 +26,8 @@ from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights
                                save_checkpoint)
 from engine.config import args_to_dict, resolve_device
 from engine.experiment import build_classifier, choose_seed, print_report, seed_everything, uses_normed_head
-from engine.loaders import ShardSampler, TorchLoader
+from engine.loaders import TorchLoader
+from engine.samplers import ShardSampler
 from engine.metrics import evaluate
 from engine.runlog import RunLog, write_json
 from engine.trainer import ClassificationStep, Trainer

@@ -6,7 +6,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from engine import augment
-from engine.loaders import DeviceLoader, TorchLoader, epoch_seed
+from engine.loaders import DeviceLoader, TorchLoader
+from engine.samplers import epoch_seed
 
 
 def _images(n=6, size=8, seed=0):

@@ -20,7 +20,7 @@ from engine.runlog import RunLog
 from imagenet_inat import main as iin
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
 from imagenet_inat.heads import FrozenBNStep, freeze_backbone, tau_normalized
-from engine.loaders import ShardSampler
+from engine.samplers import ShardSampler
 from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 from imagenet_inat.synthetic import class_counts, generate
 
