@@ -141,3 +141,12 @@ def test_shifted_eval_refuses_posthoc():
 
     with pytest.raises(SystemExit):
         config.parse(train.build_parser(), ["-e", "--resume", __file__, "--shifted_eval", "--posthoc", "pc"])
+
+
+def test_target_prior_correction_refuses_la_with_tau_other_than_one():
+    import train
+    from engine import config
+
+    with pytest.raises(SystemExit):
+        config.parse(train.build_parser(), ["--loss_type", "LA", "--tau", "2", "--posthoc", "pc"])
+    config.parse(train.build_parser(), ["--loss_type", "LA", "--tau", "1", "--posthoc", "pc"])
