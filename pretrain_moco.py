@@ -27,7 +27,7 @@ import models
 from engine import config, distributed
 from engine.checkpoint import load_checkpoint, strip_prefix
 from engine.data import DATASETS
-from engine.experiment import choose_seed, seed_everything, store_name
+from engine.experiment import seed_run, start_process, store_name
 from engine.loaders import TorchLoader
 from engine.moco import AUGMENTATIONS, MocoStep, MocoTrainer, TwoCropsTransform, build_moco
 from engine.runlog import RunLog
@@ -160,10 +160,9 @@ def main(argv=None) -> torch.nn.Module:
     source = MOCO_DATA[args.dataset]
     args.arch = args.arch or source.arch
     args.list_file = args.list_file or source.list_file
-    device = distributed.init(config.resolve_device(args).type) or config.resolve_device(args)
+    device = start_process(args)
     resume = load_checkpoint(args.resume) if args.resume else None
-    seed = distributed.shared_seed(choose_seed(args, resume), device)
-    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)  # views differ per process
+    seed = seed_run(args, resume, device)
     loader = build_loader(args, source, device, seed)
     moco = build_moco_model(args, device, resume)
     model = distributed.wrap_ddp(moco, device)

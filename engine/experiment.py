@@ -50,6 +50,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def start_process(args: argparse.Namespace) -> torch.device:
+    """This process's device; under torchrun it first joins the process group (NCCL on GPUs, Gloo on CPUs)."""
+    return distributed.init(resolve_device(args).type) or resolve_device(args)
+
+
+def seed_run(args: argparse.Namespace, resume: dict | None, device: torch.device) -> int:
+    """The run seed (``choose_seed``), rank 0's on every process, and seed the generators with it.
+
+    Loaders and samplers draw their orders from the returned seed itself; torch's global generator (model
+    init, DataLoader workers' augmentation) gets seed + rank so processes do not augment alike (DDP copies
+    rank 0's initial weights to every process).
+    """
+    seed = distributed.shared_seed(choose_seed(args, resume), device)
+    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)
+    return seed
+
+
 def uses_normed_head(loss_type: str) -> bool:
     return getattr(losses.LOSSES[loss_type], "use_norm", False)
 
@@ -74,12 +91,9 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     ``batch_transform(x, y) -> (x, y)`` lets a pretext task (rotation prediction) replace the batches.
     Under torchrun every process uses rank 0's seed and the model is wrapped in DistributedDataParallel.
     """
-    device = distributed.init("cuda" if resolve_device(args).type == "cuda" else "cpu") or resolve_device(args)
+    device = start_process(args)
     resume = load_checkpoint(args.resume) if args.resume else None
-    seed = distributed.shared_seed(choose_seed(args, resume), device)
-    # Loaders draw orders from ``seed`` itself; torch's global generator (DataLoader workers' augmentation)
-    # is offset by the rank so processes do not augment alike. DDP copies rank 0's initial weights.
-    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)
+    seed = seed_run(args, resume, device)
     cls_num_list = train_set.get_cls_num_list()
     model = build_classifier(args, spec.num_classes, device)
     test_loader = make_loader(test_set, spec, args, device, train=False)

@@ -24,8 +24,8 @@ import models
 from engine import config, distributed, schedules
 from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
                                save_checkpoint)
-from engine.config import args_to_dict, resolve_device
-from engine.experiment import build_classifier, choose_seed, print_report, seed_everything, uses_normed_head
+from engine.config import args_to_dict
+from engine.experiment import build_classifier, print_report, seed_run, start_process, uses_normed_head
 from engine.loaders import TorchLoader
 from engine.samplers import ShardSampler
 from engine.metrics import evaluate
@@ -342,10 +342,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     if args.batch_size % world:
         raise SystemExit(f"error: --batch_size {args.batch_size} must be divisible by the {world} processes")
     resume = None if args.test or not args.resume else load_checkpoint(args.resume)
-    seed = distributed.shared_seed(choose_seed(args, resume), device)
-    # The samplers use ``seed`` itself; torch's global generator (model init, the workers' augmentation seeds)
-    # is offset by the rank so ranks do not crop alike. DDP copies rank 0's initial weights to every rank.
-    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)
+    seed = seed_run(args, resume, device)
     splits = build_splits(args)
     model = build_classifier(args, args.num_classes, device)
     trains = STAGES[args.stage].trains and not args.test
@@ -367,7 +364,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
 
 def main(argv=None) -> dict:
     args = config.parse(build_parser(), argv, validate)
-    device = distributed.init("cuda" if resolve_device(args).type == "cuda" else "cpu") or resolve_device(args)
+    device = start_process(args)
     try:
         return run(args, device)
     finally:
