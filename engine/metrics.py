@@ -60,6 +60,21 @@ def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | Non
 
 
 @torch.no_grad()
+def collect_logits(model: torch.nn.Module, batches: Iterable, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass in eval mode: (logits (N, C) float32, labels (N,)) on the model's device, in loader order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits.append(model(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_counts: Sequence[int] | None = None,
              logit_adjustment: torch.Tensor | None = None, amp: bool = False) -> dict:
     """Evaluate ``model`` on ``batches`` of (x, y) already on the model's device. Under torchrun each process

@@ -30,7 +30,7 @@ import torch
 import losses
 from engine import distributed
 from engine.checkpoint import atomic_write
-from engine.metrics import summarize_confusion, topk_correct
+from engine.metrics import collect_logits, summarize_confusion, topk_correct
 from engine.runlog import RunLog, write_json
 from imbalance_cifar import get_img_num_per_cls
 
@@ -59,21 +59,6 @@ def subsample(labels: np.ndarray, counts: Sequence[int], seed: int) -> np.ndarra
             raise ValueError(f"shifted evaluation asks {n} test images of class {c}, only {len(idx)} exist")
         kept.append(rng.permutation(idx)[:n])
     return np.sort(np.concatenate(kept)).astype(np.int64)
-
-
-@torch.no_grad()
-def collect_logits(model: torch.nn.Module, batches: Iterable, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass in eval mode: (logits (N, C) float32, labels (N,)) on the model's device, in loader order."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits, labels = [], []
-    for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits.append(model(x).float())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
 
 
 def logits_metrics(logits: torch.Tensor, labels: torch.Tensor, adjustment: torch.Tensor | None = None) -> dict:

@@ -28,7 +28,7 @@ from engine.config import args_to_dict
 from engine.experiment import build_classifier, print_report, seed_run, start_process, uses_normed_head
 from engine.loaders import TorchLoader
 from engine.samplers import ShardSampler
-from engine.metrics import evaluate
+from engine.metrics import collect_logits, evaluate
 from engine.runlog import RunLog, write_json
 from engine.trainer import ClassificationStep, Trainer
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
@@ -224,18 +224,6 @@ def evaluate_split(model, loader, args, counts) -> dict:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader, amp: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, labels) of this rank's shard, for --output_logits."""
-    model.eval()
-    device = next(model.parameters()).device
-    logits, labels = [], []
-    for x, y in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
-
-
 def final_report(model, splits, args, counts, run: RunLog, title: str) -> dict:
     """Evaluate on test (else val), print it, write {log_dir}/eval_{split}.json and optionally the logits."""
     split = "test" if "test" in splits else "val"
@@ -243,7 +231,7 @@ def final_report(model, splits, args, counts, run: RunLog, title: str) -> dict:
     metrics = dict(evaluate_split(model, loader, args, counts), split=split)
     print_report(run, f"{title} on {split}", metrics)
     if args.output_logits:
-        logits, labels = (gather_shards(a) for a in predict(model, loader, args.amp))
+        logits, labels = (gather_shards(t.cpu().numpy()) for t in collect_logits(model, loader, args.amp))
         if distributed.is_main():
             atomic_write(os.path.join(args.log_dir, f"logits_{split}.npz"),
                          lambda f: np.savez(f, logits=logits, labels=labels, paths=splits[split].paths))

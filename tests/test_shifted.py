@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from engine import shifted
+from engine import metrics, shifted
 
 ORDER = ["forward_50", "forward_25", "forward_10", "forward_5", "forward_2", "uniform",
          "backward_2", "backward_5", "backward_10", "backward_25", "backward_50"]
@@ -90,7 +90,7 @@ def test_collect_logits_is_one_pass_and_restores_mode():
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     batches = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])), (torch.randn(2, 4), torch.tensor([2, 2]))]
-    logits, labels = shifted.collect_logits(model, batches)
+    logits, labels = metrics.collect_logits(model, batches)
     assert calls == [5, 2] and logits.shape == (7, 3) and labels.tolist() == [0, 1, 2, 0, 1, 2, 2]
     torch.testing.assert_close(logits[5:], model(batches[1][0]).detach())
     assert model.training
