@@ -135,12 +135,10 @@ def validate(args: argparse.Namespace) -> None:
 
 def build_loader(args, source: MocoData, device: torch.device, seed: int) -> TorchLoader:
     """Two views per image; each process draws its share of every total batch of -b (drop_last, as upstream)."""
-    world = distributed.world_size()
-    if args.batch_size % world:
-        raise ValueError(f"-b {args.batch_size} is the total batch: it must be divisible by the {world} processes")
     views = TwoCropsTransform(AUGMENTATIONS[args.aug_plus](source.size, source.mean, source.std))
-    return TorchLoader(source.build(args, views), batch_size=args.batch_size // world, device=device, train=True,
-                       workers=-(-args.workers // world), seed=seed, drop_last=True)
+    return TorchLoader(source.build(args, views), batch_size=distributed.per_process_batch(args.batch_size),
+                       device=device, train=True, workers=-(-args.workers // distributed.world_size()), seed=seed,
+                       drop_last=True)
 
 
 def build_moco_model(args, device: torch.device, resume: dict | None):

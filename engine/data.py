@@ -68,19 +68,10 @@ def torch_transforms(spec: DatasetSpec, train: bool):
     return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *tail] if train else tail)
 
 
-def per_process_batch(batch_size: int) -> int:
-    """-b is the total batch (the papers' 128) over all processes under torchrun, as in pretrain_moco.py."""
-    world = distributed.world_size()
-    if batch_size % world:
-        raise ValueError(f"-b/--batch-size {batch_size} is the total batch: it must be divisible by the {world} "
-                         "processes of torchrun")
-    return batch_size // world
-
-
 def make_loader(dataset, spec: DatasetSpec, args: argparse.Namespace, device: torch.device, train: bool,
                 sample_weights: np.ndarray | None = None, seed: int = 0):
     """A ``DeviceLoader`` (``--loader device``) or ``TorchLoader`` (``--loader torch``) over ``dataset``."""
-    batch = per_process_batch(args.batch_size) if train else args.eval_batch_size
+    batch = distributed.per_process_batch(args.batch_size) if train else args.eval_batch_size
     channels_last = getattr(args, "channels_last", False)
     if getattr(args, "loader", "device") == "device":
         return DeviceLoader(dataset.data, dataset.targets, batch_size=batch, device=device, mean=spec.mean,

@@ -47,6 +47,15 @@ def init(device_kind: str) -> torch.device | None:
     return torch.device("cpu")
 
 
+def per_process_batch(batch_size: int, flag: str = "-b/--batch-size") -> int:
+    """The share of one process of a total batch (the papers' -b) split over the torchrun processes."""
+    world = world_size()
+    if batch_size % world:
+        raise ValueError(f"{flag} {batch_size} is the total batch: it must be divisible by the {world} processes "
+                         "of torchrun")
+    return batch_size // world
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over processes (identity when not distributed)."""
     if is_initialized():

@@ -198,8 +198,9 @@ def eval_loader(dataset: ListDataset, args, device: torch.device) -> TorchLoader
 def train_loader(dataset: ListDataset, args, device: torch.device, seed: int) -> TorchLoader:
     """floor(N / batch) steps per epoch; each rank takes batch / world of every global batch."""
     sampler = build_sampler(args.sampler, dataset.targets, seed, args.samples_per_class)
-    return TorchLoader(dataset, batch_size=args.batch_size // distributed.world_size(), device=device, train=True,
-                       workers=args.workers, sampler=sampler, drop_last=True, channels_last=args.channels_last)
+    return TorchLoader(dataset, batch_size=distributed.per_process_batch(args.batch_size, "--batch_size"),
+                       device=device, train=True, workers=args.workers, sampler=sampler, drop_last=True,
+                       channels_last=args.channels_last)
 
 
 # -- distributed helpers ------------------------------------------------------------------------------------
@@ -326,9 +327,7 @@ def run_test(model, splits, args, run: RunLog) -> dict:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    world = distributed.world_size()
-    if args.batch_size % world:
-        raise SystemExit(f"error: --batch_size {args.batch_size} must be divisible by the {world} processes")
+    distributed.per_process_batch(args.batch_size, "--batch_size")  # checked before any work
     resume = None if args.test or not args.resume else load_checkpoint(args.resume)
     seed = seed_run(args, resume, device)
     splits = build_splits(args)
@@ -336,7 +335,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     trains = STAGES[args.stage].trains and not args.test
     run_log = RunLog(args.log_dir, None if args.test else dict(args_to_dict(args), seed=seed), tensorboard=trains)
     run_log.print(f"=> {args.dataset} stage {args.stage}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())
-                  + f" images, {args.num_classes} classes, {args.arch}, {world} process(es), seed {seed}, {device}")
+                  + f" images, {args.num_classes} classes, {args.arch}, {distributed.world_size()} process(es), "
+                  f"seed {seed}, {device}")
     try:
         if args.test:
             return run_test(model, splits, args, run_log)
