@@ -139,13 +139,17 @@ def class_prior(cls_num_list: Sequence[float]) -> np.ndarray:
 class PriorAdjustedCE(WeightedLoss):
     """CE(z + b, y) for a fixed per-class offset b = scale * log(pi + eps) (the buffer ``offset``).
 
-    Training through the source prior makes the raw logits z estimate log p(x | y) up to a constant:
-    ``prior_adjusted = True`` tells evaluation (``posthoc_adjustment``, the shifted-prior evaluation) that
-    argmax z already targets a uniform label distribution and a target prior pi_t only adds log pi_t.
+    Training through the source prior with scale s makes z + s * log pi_s estimate log p_s(y | x), so the raw
+    logits z carry (1 - s) * log pi_s: ``prior_scale(tau)`` returns s for evaluation (``posthoc_adjustment``,
+    the shifted-prior evaluation), which then adds log pi_t - (1 - s) * log pi_s for a target prior pi_t.
     Class weights (train rules) apply to this CE as to ``CrossEntropy``.
     """
 
     prior_adjusted = True
+
+    @staticmethod
+    def prior_scale(tau: float) -> float:
+        return 1.0
 
     def __init__(self, cls_num_list: Sequence[int], offset: np.ndarray):
         super().__init__(cls_num_list)
@@ -161,6 +165,10 @@ class LogitAdjustedLoss(PriorAdjustedCE):
 
     At tau = 1 it equals ``BalancedSoftmax`` and LADE-CE (up to the 1e-12 / 1e-9 guards inside the log).
     """
+
+    @staticmethod
+    def prior_scale(tau: float) -> float:
+        return tau
 
     def __init__(self, cls_num_list, args):
         super().__init__(cls_num_list, args.tau * np.log(class_prior(cls_num_list) + 1e-12))
@@ -219,6 +227,12 @@ class LADELoss(PriorAdjustedCE):
 def is_prior_adjusted(loss_type: str) -> bool:
     """Whether ``--loss_type`` trains through the source prior (LA, BalancedSoftmax, LADE)."""
     return getattr(LOSSES[loss_type], "prior_adjusted", False)
+
+
+def trained_prior_scale(loss_type: str, tau: float = 1.0) -> float:
+    """s such that training added s * log pi_s to the logits: 0 for CE/Focal/LDAM, ``tau`` for LA, 1 for
+    BalancedSoftmax and LADE."""
+    return LOSSES[loss_type].prior_scale(tau) if is_prior_adjusted(loss_type) else 0.0
 
 
 def effective_number_weights(cls_num_list: Sequence[int], beta: float) -> np.ndarray:
@@ -296,12 +310,12 @@ def build_train_rule(name: str, cls_num_list: Sequence[int], args: argparse.Name
     return TRAIN_RULES[name](cls_num_list, args if args is not None else default_loss_args())
 
 
-def _posthoc_la(log_source, log_target, tau, prior_adjusted):
+def _posthoc_la(log_source, log_target, tau, prior_scale):
     return -tau * log_source
 
 
-def _posthoc_pc(log_source, log_target, tau, prior_adjusted):
-    return log_target if prior_adjusted else log_target - log_source
+def _posthoc_pc(log_source, log_target, tau, prior_scale):
+    return log_target - (1.0 - prior_scale) * log_source
 
 
 POSTHOC: dict[str, Callable[..., np.ndarray]] = {"la": _posthoc_la, "pc": _posthoc_pc}
@@ -321,19 +335,20 @@ def validate_posthoc(kind: str, prior_adjusted: bool, target_prior: Sequence[flo
 
 
 def posthoc_adjustment(kind: str, cls_num_list: Sequence[int], tau: float = 1.0,
-                       target_prior: Sequence[float] | None = None, prior_adjusted: bool = False
+                       target_prior: Sequence[float] | None = None, prior_scale: float = 0.0
                        ) -> torch.Tensor | None:
     """Per-class vector a (C,) added to the logits at evaluation (prediction argmax_c z_c + a_c), or None.
 
     * ``none``: None.
     * ``la`` (post-hoc logit adjustment, Menon et al. 2021, section 4.1): a = -tau * log(pi_s + 1e-12).
     * ``pc`` (PC softmax / target-prior correction, Hong et al. 2021, section 3):
-      a = log(pi_t + 1e-12) - log(pi_s + 1e-12); for a prior-adjusted loss (z excludes pi_s already)
-      a = log(pi_t + 1e-12). pi_t = normalised ``target_prior`` (counts or probabilities), uniform when
-      None or empty; with pi_t = pi_s the CE correction is exactly zero.
+      a = log(pi_t + 1e-12) - (1 - s) * log(pi_s + 1e-12), where s = ``prior_scale`` is how much of log pi_s
+      the loss added in training (``trained_prior_scale``: 0 for CE, so a = log pi_t - log pi_s; 1 for
+      BalancedSoftmax/LADE/LA at tau = 1, so a = log pi_t; tau for LA). pi_t = normalised ``target_prior``
+      (counts or probabilities), uniform when None or empty; with pi_t = pi_s the CE correction is zero.
     pi_s comes from ``cls_num_list`` (the training counts).
     """
-    validate_posthoc(kind, prior_adjusted, target_prior)
+    validate_posthoc(kind, prior_scale != 0.0, target_prior)
     if kind == "none":
         return None
     num_classes = len(cls_num_list)
@@ -341,4 +356,4 @@ def posthoc_adjustment(kind: str, cls_num_list: Sequence[int], tau: float = 1.0,
         raise ValueError(f"--target_prior has {len(target_prior)} values but the model has {num_classes} classes")
     log_source = np.log(class_prior(cls_num_list) + 1e-12)
     log_target = np.log(class_prior(target_prior if target_prior else np.ones(num_classes)) + 1e-12)
-    return torch.as_tensor(POSTHOC[kind](log_source, log_target, tau, prior_adjusted), dtype=torch.float32)
+    return torch.as_tensor(POSTHOC[kind](log_source, log_target, tau, prior_scale), dtype=torch.float32)

@@ -108,13 +108,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def validate_eval(args: argparse.Namespace) -> None:
     if args.shifted_eval and not args.evaluate:
         raise ValueError("--shifted_eval evaluates a checkpoint: add -e --resume CHECKPOINT")
-    if args.loss_type == "LA" and args.tau != 1.0 and (args.posthoc == "pc" or args.shifted_eval):
-        # The target-prior correction of a prior-adjusted loss assumes it added exactly log(pi_s) in training.
-        raise ValueError(f"--posthoc pc / --shifted_eval assume a model trained with --tau 1; with --loss_type LA "
-                         f"--tau {args.tau:g} the correction log(pi_t) - (1 - tau) log(pi_s) is not implemented")
     if args.shifted_eval and args.posthoc != "none":
         raise ValueError("--shifted_eval reports raw and target-prior-corrected accuracy itself; drop --posthoc")
-    losses.validate_posthoc(args.posthoc, losses.is_prior_adjusted(args.loss_type), args.target_prior)
+    losses.validate_posthoc(args.posthoc, losses.trained_prior_scale(args.loss_type, args.tau) != 0.0,
+                            args.target_prior)
 
 
 def _coerce(action: argparse.Action, key: str, value, source: str):

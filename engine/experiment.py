@@ -101,7 +101,7 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
                  tensorboard=not args.evaluate)
     adjustment = losses.posthoc_adjustment(getattr(args, "posthoc", "none"), cls_num_list,
                                            getattr(args, "tau", 1.0), getattr(args, "target_prior", None),
-                                           losses.is_prior_adjusted(args.loss_type))
+                                           losses.trained_prior_scale(args.loss_type, getattr(args, "tau", 1.0)))
     adjustment = None if adjustment is None else adjustment.to(device)
     evaluate_fn = lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list,  # noqa: E731
                                    logit_adjustment=adjustment, amp=args.amp)
@@ -111,7 +111,7 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
         metrics = evaluate_fn()
         print_report(run, f"Evaluation of {args.resume}", metrics)
         if getattr(args, "shifted_eval", False):
-            metrics["shifted"] = run_shifted_eval(model, test_loader, cls_num_list, args.loss_type,
+            metrics["shifted"] = run_shifted_eval(model, test_loader, cls_num_list, args.loss_type, args.tau,
                                                   args.shifted_seed, run, amp=args.amp)
         return metrics
 

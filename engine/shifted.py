@@ -77,8 +77,10 @@ def logits_metrics(logits: torch.Tensor, labels: torch.Tensor, adjustment: torch
 
 
 def shifted_evaluation(logits: torch.Tensor, labels: torch.Tensor, cls_num_list: Sequence[int],
-                       prior_adjusted: bool, seed: int = 0) -> list[dict]:
-    """One row per shifted test distribution (module docstring), from stored test logits and labels."""
+                       prior_scale: float, seed: int = 0) -> list[dict]:
+    """One row per shifted test distribution (module docstring), from stored test logits and labels.
+
+    ``prior_scale``: how much of log pi_s the training loss added (``losses.trained_prior_scale``)."""
     num_classes = logits.shape[1]
     labels_np = labels.cpu().numpy()
     per_class = np.bincount(labels_np, minlength=num_classes)
@@ -90,7 +92,7 @@ def shifted_evaluation(logits: torch.Tensor, labels: torch.Tensor, cls_num_list:
     for name, direction, ratio, counts in shifted_profiles(num_classes, n_max):
         idx = torch.as_tensor(subsample(labels_np, counts, seed), device=logits.device)
         z, y = logits[idx], labels[idx]
-        prior = losses.posthoc_adjustment("pc", cls_num_list, target_prior=counts, prior_adjusted=prior_adjusted)
+        prior = losses.posthoc_adjustment("pc", cls_num_list, target_prior=counts, prior_scale=prior_scale)
         plain, corrected = logits_metrics(z, y), logits_metrics(z, y, prior)
         row = {"distribution": name, "direction": direction, "imbalance": ratio, "images": int(len(idx))}
         row.update({m: plain[m] for m in METRICS})
@@ -119,14 +121,16 @@ def write_rows(rows: list[dict], folder: str) -> tuple[str, str]:
 
 
 def run_shifted_eval(model: torch.nn.Module, test_loader: Iterable, cls_num_list: Sequence[int],
-                     loss_type: str, seed: int, run: RunLog, amp: bool = False) -> list[dict]:
+                     loss_type: str, tau: float, seed: int, run: RunLog, amp: bool = False) -> list[dict]:
     """Score ``model`` on every shifted test distribution; print the table and write it under ``run.dir``."""
     if distributed.world_size() > 1:
         raise ValueError("--shifted_eval evaluates in one process: run it with python, not torchrun")
     logits, labels = collect_logits(model, test_loader, amp)
-    rows = shifted_evaluation(logits, labels, cls_num_list, losses.is_prior_adjusted(loss_type), seed)
+    scale = losses.trained_prior_scale(loss_type, tau)
+    rows = shifted_evaluation(logits, labels, cls_num_list, scale, seed)
+    source = {0.0: " - log pi_s", 1.0: ""}.get(scale, f" - {1.0 - scale:g} log pi_s")
     run.print(f"Shifted test label distributions (seed {seed}; +prior: target-prior correction, "
-              f"{'z + log pi_t' if losses.is_prior_adjusted(loss_type) else 'z - log pi_s + log pi_t'}):")
+              f"z + log pi_t{source}):")
     run.print(format_table(rows))
     if distributed.is_main():
         for path in write_rows(rows, run.dir):

@@ -152,12 +152,12 @@ def test_posthoc_pc_uniform_and_prior_adjusted():
     la = losses.posthoc_adjustment("la", [3, 1], tau=1.0)
     torch.testing.assert_close(pc - la, torch.full((2,), math.log(0.5)))
     # A prior-adjusted model only adds log pi_t.
-    adj = losses.posthoc_adjustment("pc", [3, 1], target_prior=[1, 4], prior_adjusted=True)
+    adj = losses.posthoc_adjustment("pc", [3, 1], target_prior=[1, 4], prior_scale=1.0)
     torch.testing.assert_close(adj, torch.tensor([math.log(0.2), math.log(0.8)]))
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(kind="la", prior_adjusted=True), "--posthoc la"),
+    (dict(kind="la", prior_scale=1.0), "--posthoc la"),
     (dict(kind="la", target_prior=[1, 1]), "only used by --posthoc pc"),
     (dict(kind="pc", target_prior=[1, 1, 1]), "--target_prior has 3 values"),
     (dict(kind="pc", target_prior=[1, -1]), "non-negative"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import losses
 import train
 from engine import metrics, shifted
 
@@ -60,7 +61,7 @@ def test_scores_hand_computed_for_a_ce_model():
     # log(100/102) - log(2/102) = log 50 > 0.1 to class 0, so all are predicted 0: 100/102.
     labels = torch.as_tensor(balanced_labels(2, 100))
     logits = torch.tensor([[0.0, 0.1]]).repeat(200, 1)
-    rows = {r["distribution"]: r for r in shifted.shifted_evaluation(logits, labels, [1, 1], prior_adjusted=False)}
+    rows = {r["distribution"]: r for r in shifted.shifted_evaluation(logits, labels, [1, 1], prior_scale=0.0)}
     assert [r for r in rows] == ORDER
     assert rows["forward_50"]["images"] == 102
     assert rows["forward_50"]["top1"] == pytest.approx(200 / 102)
@@ -78,8 +79,8 @@ def test_prior_adjusted_models_do_not_subtract_the_source_prior():
     # only log(1/2) to both classes and stays at 100 %.
     labels = torch.as_tensor(balanced_labels(2, 50))
     logits = torch.nn.functional.one_hot(labels, 2).float() * 2 - 1
-    ce = {r["distribution"]: r for r in shifted.shifted_evaluation(logits, labels, [9, 1], prior_adjusted=False)}
-    adj = {r["distribution"]: r for r in shifted.shifted_evaluation(logits, labels, [9, 1], prior_adjusted=True)}
+    ce = {r["distribution"]: r for r in shifted.shifted_evaluation(logits, labels, [9, 1], prior_scale=0.0)}
+    adj = {r["distribution"]: r for r in shifted.shifted_evaluation(logits, labels, [9, 1], prior_scale=1.0)}
     assert ce["uniform"]["top1"] == adj["uniform"]["top1"] == 100.0
     assert ce["uniform"]["top1_prior"] == 50.0 and adj["uniform"]["top1_prior"] == 100.0
 
@@ -99,7 +100,7 @@ def test_collect_logits_is_one_pass_and_restores_mode():
 def test_write_rows_round_trip(tmp_path):
     labels = torch.as_tensor(balanced_labels(3, 20))
     logits = torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
-    rows = shifted.shifted_evaluation(logits, labels, [5, 3, 1], prior_adjusted=False, seed=4)
+    rows = shifted.shifted_evaluation(logits, labels, [5, 3, 1], prior_scale=0.0, seed=4)
     csv_path, json_path = shifted.write_rows(rows, str(tmp_path))
     assert json.load(open(json_path)) == rows
     read = list(csv.DictReader(open(csv_path)))
@@ -143,10 +144,28 @@ def test_shifted_eval_refuses_posthoc():
         config.parse(train.build_parser(), ["-e", "--resume", __file__, "--shifted_eval", "--posthoc", "pc"])
 
 
-def test_target_prior_correction_refuses_la_with_tau_other_than_one():
-    import train
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, 2.0])
+def test_target_prior_correction_of_an_la_model_matches_bayes_rule_for_any_tau(tau):
+    # An ideal LA model satisfies z + tau*log(pi_s) = log p_s(y|x) + const; Bayes' rule for the target prior
+    # gives log p_t(y|x) = log p_s(y|x) - log pi_s + log pi_t + const, so z + a must equal it up to a per-row constant.
+    counts, target = [30, 10, 2], [1, 2, 7]
+    log_s = torch.log(torch.tensor(counts, dtype=torch.float64) / 42)
+    log_t = torch.log(torch.tensor(target, dtype=torch.float64) / 10)
+    log_post = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).log_softmax(1)
+    z = log_post - tau * log_s
+    scale = losses.trained_prior_scale("LA", tau)
+    a = losses.posthoc_adjustment("pc", counts, target_prior=target, prior_scale=scale).double()
+    diff = (z + a) - (log_post - log_s + log_t)
+    torch.testing.assert_close(diff - diff[:, :1], torch.zeros_like(diff), rtol=0, atol=1e-5)
+
+
+def test_trained_prior_scale_by_loss():
+    assert [losses.trained_prior_scale(n, 0.5) for n in ("CE", "LDAM", "LA", "BalancedSoftmax", "LADE")] == \
+        [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_target_prior_correction_accepts_la_with_any_tau():
     from engine import config
 
-    with pytest.raises(SystemExit):
-        config.parse(train.build_parser(), ["--loss_type", "LA", "--tau", "2", "--posthoc", "pc"])
-    config.parse(train.build_parser(), ["--loss_type", "LA", "--tau", "1", "--posthoc", "pc"])
+    args = config.parse(train.build_parser(), ["--loss_type", "LA", "--tau", "2", "--posthoc", "pc"])
+    assert args.tau == 2.0
