@@ -36,14 +36,16 @@ class ClassificationStep:
 
     ``batch_transform(x, y) -> (x, y)`` replaces the batch before the forward (e.g. rotation prediction).
     ``compile_mode`` compiles model and loss together with torch.compile (``reduce-overhead`` adds CUDA
-    graphs: one per batch shape, i.e. two per epoch when the last batch is partial). The class weights the
-    rule sets live in a buffer updated in place, so the compiled step stays valid when they change.
+    graphs). Shapes are compiled static (``dynamic=False``): an epoch has at most two batch shapes (full and
+    the last partial one, the same every epoch), so two specialised graphs cover a run and no image is dropped
+    or padded. The class weights the rule sets live in a buffer updated in place, so the compiled step stays
+    valid when they change (tests/test_compiled_step.py).
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, rule=None,
                  batch_transform: Callable | None = None, compile_mode: str | None = None):
         self.model, self.criterion, self.rule, self.batch_transform = model, criterion, rule, batch_transform
-        self._forward = torch.compile(self._loss, mode=compile_mode) if compile_mode else self._loss
+        self._forward = torch.compile(self._loss, mode=compile_mode, dynamic=False) if compile_mode else self._loss
 
     def _loss(self, x, y):
         logits = self.model(x)
