@@ -42,6 +42,16 @@ def shot_accuracy(per_class_acc: np.ndarray, train_counts: Sequence[int]) -> dic
             for name, mask in groups.items()}
 
 
+def macro_f1(confusion: np.ndarray) -> float:
+    """Macro-averaged F1 (percent) of a (true, predicted) confusion matrix: the mean over classes of
+    F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c), over the classes that occur as a label or a prediction (as
+    scikit-learn's ``f1_score(average='macro')``, the reference ImageNet-LT code's "Averaged F-measure")."""
+    tp = np.diag(confusion).astype(np.float64)
+    fp, fn = confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
+    seen = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
+    return float(np.mean(2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])) * 100.0) if seen.any() else 0.0
+
+
 def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | None) -> dict:
     """Metrics from a (true, predicted) confusion matrix: overall top-1, per-class accuracy and shot groups.
 
@@ -53,7 +63,8 @@ def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | Non
         per_class = np.where(rows > 0, np.diag(confusion) / np.maximum(rows, 1), np.nan) * 100.0
     out = {"top1": float(np.trace(confusion) / max(confusion.sum(), 1) * 100.0),
            "per_class": [None if np.isnan(a) else round(float(a), 4) for a in per_class],
-           "mean_class_acc": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else None}
+           "mean_class_acc": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else None,
+           "macro_f1": macro_f1(confusion)}
     if train_counts is not None:
         out.update(shot_accuracy(per_class, train_counts))
     return out
@@ -74,6 +85,18 @@ def collect_logits(model: torch.nn.Module, batches: Iterable, amp: bool = False)
     return torch.cat(logits), torch.cat(labels)
 
 
+def collect_features(model: torch.nn.Module, batches: Iterable, amp: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``collect_logits`` plus the features the head ``model.fc`` receives: (features (N, D), logits, labels)."""
+    feats = []
+    hook = model.fc.register_forward_hook(lambda module, inputs, output: feats.append(inputs[0].float()))
+    try:
+        logits, labels = collect_logits(model, batches, amp)
+    finally:
+        hook.remove()
+    return torch.cat(feats), logits, labels
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_counts: Sequence[int] | None = None,
              logit_adjustment: torch.Tensor | None = None, amp: bool = False) -> dict:
@@ -84,7 +107,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
     -tau * log(pi_s) (Menon et al. 2021) or -log(pi_s) + log(pi_t) (PC softmax, Hong et al. 2021). The
     reported loss is the plain cross-entropy of the raw logits, as in the reference code. ``amp`` (bf16
     autocast) applies on CUDA only, as in training.
-    Returns top1, top5, loss, per_class, mean_class_acc and many/medium/few (percent), and ``samples``.
+    Returns top1, top5, loss, per_class, mean_class_acc, macro_f1 and many/medium/few (percent), and ``samples``.
     """
     was_training = model.training
     distributed.broadcast_buffers(model)  # every process evaluates rank 0's BatchNorm statistics

@@ -28,7 +28,7 @@ from engine.config import args_to_dict
 from engine.experiment import build_classifier, print_report, seed_run, start_process, uses_normed_head
 from engine.loaders import TorchLoader
 from engine.samplers import ShardSampler
-from engine.metrics import collect_logits, evaluate
+from engine.metrics import collect_features, collect_logits, evaluate
 from engine.runlog import RunLog, write_json
 from engine.trainer import ClassificationStep, Trainer
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
@@ -37,6 +37,7 @@ from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 
 IMAGENET_ARCHS = [name for name in models.resnet.__all__ if name in models.ARCHS]
 SPLITS = ("train", "val", "test")
+FEATURE_SPLITS = ("train_plain", "val", "test")
 BEST, LAST = "ckpt.best.pth.tar", "ckpt.pth.tar"
 
 
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log_dir", default="./log/imagenet_inat", help="this stage's logs and checkpoints")
     g.add_argument("--resume", default="", help="continue the interrupted run of this checkpoint (ckpt.pth.tar)")
     g.add_argument("--output_logits", action="store_true", help="also save logits_{split}.npz of the final split")
+    g.add_argument("--save_feat", default="", choices=["", *FEATURE_SPLITS],
+                   help="with --test: instead of evaluating, save the head's input features of this split (train_plain: "
+                        "the training images with the evaluation transform) to {log_dir}/{split}feat_all.npz")
     g.add_argument("--seed", type=int, default=None, help="training seed (init, sampling, augmentation)")
     g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if present")
     g.add_argument("--gpu", type=int, default=0, help="CUDA device index (single process)")
@@ -156,6 +160,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"freeze_bn applies to stage crt (the frozen backbone), not stage {args.stage}")
     if args.stage == "tau_norm" and uses_normed_head(args.loss_type):
         raise ValueError(f"stage tau_norm rescales a dot-product head; --loss_type {args.loss_type} uses a cosine head")
+    if args.save_feat and not args.test:
+        raise ValueError("--save_feat saves the features of a trained model: add --test (and --model_dir)")
     if args.test:
         checkpoint_path(args.model_dir or args.log_dir, "--model_dir" if args.model_dir else "--test (log_dir)")
         if args.resume:
@@ -175,14 +181,18 @@ def validate(args: argparse.Namespace) -> None:
         if args.resume and not os.path.isfile(args.resume):
             raise ValueError(f"--resume: no file {args.resume!r}")
     resolve_splits(args)
+    if args.save_feat and args.save_feat != "train_plain" and getattr(args, f"{args.save_feat}_split") is None:
+        raise ValueError(f"--save_feat {args.save_feat}: {args.dataset} has no {args.save_feat} split "
+                         f"(set --{args.save_feat}_split)")
 
 
 # -- data -------------------------------------------------------------------------------------------------
 def build_splits(args: argparse.Namespace) -> dict[str, ListDataset]:
+    """train/val/test as given; for --save_feat train_plain also the training list with the evaluation transform."""
     spec = LT_DATASETS[args.dataset]
     out = {}
-    for split in SPLITS:
-        path = getattr(args, f"{split}_split")
+    for split in (*SPLITS, "train_plain") if args.save_feat == "train_plain" else SPLITS:
+        path = getattr(args, f"{split.removesuffix('_plain')}_split")
         if path is not None:
             transform = list_transform(spec, split == "train", args.crop_size, args.resize_size)
             out[split] = ListDataset(args.data_root, path, transform, args.num_classes, decode="tensor")
@@ -231,6 +241,7 @@ def final_report(model, splits, args, counts, run: RunLog, title: str) -> dict:
     loader = eval_loader(splits[split], args, next(model.parameters()).device)
     metrics = dict(evaluate_split(model, loader, args, counts), split=split)
     print_report(run, f"{title} on {split}", metrics)
+    run.print(f"  Macro F1 (averaged F-measure): {metrics['macro_f1']:.3f}")
     if args.output_logits:
         logits, labels = (gather_shards(t.cpu().numpy()) for t in collect_logits(model, loader, args.amp))
         if distributed.is_main():
@@ -318,10 +329,25 @@ def tau_norm(model, splits, args, run: RunLog, seed: int, meta: dict, resume: di
 STAGE_RUNNERS = {"feature": train, "crt": train, "tau_norm": tau_norm}
 
 
+@torch.no_grad()
+def save_features(model, splits, args, run: RunLog) -> dict:
+    """--save_feat: {log_dir}/{split}feat_all.npz with feats (N, D), labels and paths, in the split file's order."""
+    split = args.save_feat
+    loader = eval_loader(splits[split], args, next(model.parameters()).device)
+    feats, _, labels = (gather_shards(t.cpu().numpy()) for t in collect_features(model, loader, args.amp))
+    path = os.path.join(args.log_dir, f"{split.removesuffix('_plain')}feat_all.npz")
+    if distributed.is_main():
+        atomic_write(path, lambda f: np.savez(f, feats=feats, labels=labels, paths=splits[split].paths))
+        run.print(f"=> saved {feats.shape[0]} x {feats.shape[1]} features of {split} to {path}")
+    return {"features": path, "split": split, "shape": list(feats.shape)}
+
+
 def run_test(model, splits, args, run: RunLog) -> dict:
     flag = "--model_dir" if args.model_dir else "--test (log_dir)"
     path = checkpoint_path(args.model_dir or args.log_dir, flag)
     load_model_weights(model, load_checkpoint(path, flag), flag)
+    if args.save_feat:
+        return dict(save_features(model, splits, args, run), checkpoint=path)
     return dict(final_report(model, splits, args, splits["train"].get_cls_num_list(), run, f"Evaluation of {path}"),
                 checkpoint=path)
 

@@ -295,6 +295,7 @@ def test_shipped_configs_use_known_keys_and_the_spec_values():
     (["--init", "/nonexistent/run"], "init: no checkpoint"),
     (["--batch_size", "100"], "exceeds the 56 training images"),
     (["--test", "--model_dir", "/nonexistent.pth.tar"], "--model_dir: no checkpoint"),
+    (["--save_feat", "val"], "--save_feat saves the features of a trained model: add --test"),
 ])
 def test_bad_configs_fail_before_training(syn_root, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
@@ -337,6 +338,21 @@ def test_test_mode_reproduces_the_final_evaluation_and_saves_logits(stage1, syn_
     assert 100 * np.mean(saved["logits"].argmax(1) == saved["labels"]) == pytest.approx(metrics["top1"])
     assert saved["paths"][0] == "test/c0000/c0000_00000.jpg"
     assert json.load(open(out / "eval_test.json"))["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_save_feat_writes_the_heads_input_features(stage1, syn_root, tmp_path):
+    log_dir, summary = stage1
+    args = ["--cfg", str(SYN / "feat_uniform.yaml"), "--test", "--model_dir", log_dir]
+    iin.main([*args, *tiny(syn_root, tmp_path / "logits"), "--output_logits"])
+    out = iin.main([*args, *tiny(syn_root, tmp_path / "feat"), "--save_feat", "test"])
+    saved, logits = np.load(tmp_path / "feat" / "testfeat_all.npz"), np.load(tmp_path / "logits" / "logits_test.npz")
+    state = load_checkpoint(os.path.join(log_dir, "ckpt.best.pth.tar"))["state_dict"]
+    head = saved["feats"] @ state["fc.weight"].numpy().T + state["fc.bias"].numpy()
+    np.testing.assert_allclose(head, logits["logits"], rtol=1e-4, atol=1e-4)  # fc(features) = the logits
+    assert saved["labels"].tolist() == logits["labels"].tolist() and out["shape"] == list(saved["feats"].shape)
+    iin.main([*args, *tiny(syn_root, tmp_path / "feat"), "--save_feat", "train_plain"])
+    train = np.load(tmp_path / "feat" / "trainfeat_all.npz")
+    assert train["feats"].shape[0] == len(train["labels"]) == 56  # every training image, once
 
 
 @pytest.mark.parametrize("freeze_bn", [True, False])

@@ -30,6 +30,14 @@ def test_summarize_confusion_hand_computed():
     assert m["per_class"] == [80.0, 75.0, 50.0]
     assert (m["many"], m["medium"], m["few"]) == (80.0, 75.0, 50.0)
     assert m["mean_class_acc"] == pytest.approx(205 / 3)
+    # F1_c = 2TP / (2TP + FP + FN): (16/19, 6/14, 10/15)
+    assert m["macro_f1"] == pytest.approx((16 / 19 + 6 / 14 + 10 / 15) / 3 * 100)
+
+
+def test_macro_f1_leaves_out_classes_never_seen_nor_predicted():
+    conf = np.array([[2, 0, 0], [2, 0, 0], [0, 0, 0]])  # class 1 is a label but never predicted: F1 0
+    assert metrics.macro_f1(conf) == pytest.approx((4 / 6 + 0.0) / 2 * 100)
+    assert metrics.macro_f1(np.eye(4, dtype=int)) == 100.0
 
 
 def test_empty_shot_group_is_none():
