@@ -3,7 +3,8 @@
 A checkpoint is a dict (upstream names kept): ``epoch`` (the next epoch to run), ``arch``, ``state_dict``,
 ``best_acc1`` (float, percent), ``optimizer``, plus ``args`` (the run's configuration as plain values),
 ``num_classes``, ``use_norm``, ``best`` (metrics of the best epoch) and ``seed``. Checkpoints released with
-the papers (``best_acc1`` as a 0-dim tensor, DataParallel ``module.`` keys) load too.
+the papers (``best_acc1`` as a 0-dim tensor, DataParallel ``module.`` keys) load too, and so do the reference
+ImageNet-LT code's ``final_model_checkpoint.pth`` / ``latest_model_checkpoint.pth`` (``from_decoupled_layout``).
 
 Reads use ``torch.load(weights_only=True)``: no pickled code is ever executed.
 """
@@ -65,9 +66,25 @@ def load_checkpoint(path: str, flag: str = "--resume") -> dict:
         raise RuntimeError(f"{flag}: cannot read {path!r} as a weights-only checkpoint ({e})") from e
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"state_dict": ckpt}  # a bare state_dict
+    ckpt = from_decoupled_layout(ckpt)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise RuntimeError(f"{flag}: {path!r} holds no 'state_dict'")
     return ckpt
+
+
+def from_decoupled_layout(ckpt):
+    """A checkpoint of the reference ImageNet-LT / iNaturalist code (Kang et al.'s decoupling code, used by the
+    imagenet_inat folder of the SSP paper) as a flat one: ``final_model_checkpoint.pth`` keeps the best weights
+    as ``state_dict_best = {'feat_model': ..., 'classifier': ...}`` and ``latest_model_checkpoint.pth`` the
+    last ones as ``state_dict``; the two networks' keys (``module.conv1.weight``..., ``module.fc.weight``) are
+    merged into one ``state_dict``. Any other checkpoint is returned unchanged."""
+    if not isinstance(ckpt, dict):
+        return ckpt
+    nets = ckpt.get("state_dict_best", ckpt.get("state_dict"))
+    if not (isinstance(nets, dict) and {"feat_model", "classifier"} <= set(nets)):
+        return ckpt
+    merged = {**strip_prefix(nets["feat_model"], "module."), **strip_prefix(nets["classifier"], "module.")}
+    return {"state_dict": merged, "best_acc1": ckpt.get("best_acc"), "source_layout": "decoupled"}
 
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:

@@ -39,6 +39,7 @@ IMAGENET_ARCHS = [name for name in models.resnet.__all__ if name in models.ARCHS
 SPLITS = ("train", "val", "test")
 FEATURE_SPLITS = ("train_plain", "val", "test")
 BEST, LAST = "ckpt.best.pth.tar", "ckpt.pth.tar"
+REFERENCE_BEST = "final_model_checkpoint.pth"  # what the reference code's run folders hold
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- validation ---------------------------------------------------------------------------------------------
 def checkpoint_path(path: str, flag: str) -> str:
-    """A checkpoint file, or the best checkpoint of a run folder."""
+    """A checkpoint file, or the best checkpoint of a run folder (ours, else the reference code's)."""
     if os.path.isdir(path):
-        path = os.path.join(path, BEST)
+        ours, reference = os.path.join(path, BEST), os.path.join(path, REFERENCE_BEST)
+        path = reference if not os.path.isfile(ours) and os.path.isfile(reference) else ours
     if not os.path.isfile(path):
         raise ValueError(f"{flag}: no checkpoint at {path!r} (give a .pth.tar file or a run folder holding {BEST})")
     return path

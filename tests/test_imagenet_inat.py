@@ -355,6 +355,23 @@ def test_save_feat_writes_the_heads_input_features(stage1, syn_root, tmp_path):
     assert train["feats"].shape[0] == len(train["labels"]) == 56  # every training image, once
 
 
+@pytest.mark.parametrize("name, key", [("final_model_checkpoint.pth", "state_dict_best"),
+                                       ("latest_model_checkpoint.pth", "state_dict")])
+def test_reference_code_checkpoints_evaluate_like_ours(stage1, syn_root, tmp_path, name, key):
+    # The reference code saves {'feat_model': ..., 'classifier': ...} state dicts of DataParallel modules.
+    log_dir, summary = stage1
+    own = load_checkpoint(os.path.join(log_dir, "ckpt.best.pth.tar"))["state_dict"]
+    nets = {"feat_model": {f"module.{k}": v for k, v in own.items() if not k.startswith("fc.")},
+            "classifier": {f"module.{k}": v for k, v in own.items() if k.startswith("fc.")}}
+    path = tmp_path / name
+    torch.save({"epoch": 1, "best_epoch": 0, "best_acc": 0.5, "centroids": None, key: nets}, path)
+    model_dir = str(path if name == "latest_model_checkpoint.pth" else tmp_path)  # a folder finds the final one
+    metrics = iin.main(["--cfg", str(SYN / "feat_uniform.yaml"), *tiny(syn_root, tmp_path / "eval"), "--test",
+                        "--model_dir", model_dir])
+    assert metrics["top1"] == pytest.approx(summary["final"]["top1"])
+    assert metrics["per_class"] == summary["final"]["per_class"]
+
+
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_crt_trains_only_a_new_head(stage1, syn_root, tmp_path, freeze_bn):
     log_dir, _ = stage1
