@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mlp", default=True, action=argparse.BooleanOptionalAction, help="MLP projection head (v2)")
     g.add_argument("--aug-plus", default=True, action=argparse.BooleanOptionalAction,
                    help="MoCo v2 augmentation (blur, colour jitter p 0.8); --no-aug-plus: MoCo v1's")
+    g.add_argument("--bn-splits", default=1, type=int,
+                   help="Split-BN: BatchNorm statistics over this many groups of each process's batch, which "
+                        "emulates shuffle-BN in one process (e.g. 8); 1: plain BatchNorm (the reference, with DDP)")
     g.add_argument("--cos", dest="lr_schedule", default=argparse.SUPPRESS, action=CosAction,
                    help="cosine LR schedule (default); --no-cos: x0.1 at each --schedule epoch")
     config.add_optim_args(p, epochs=200, batch_size=128, lr=0.015, weight_decay=1e-4, schedule="cosine",
@@ -123,6 +126,9 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--moco-k {args.moco_k} must be a multiple of the total batch size -b {args.batch_size}: "
                          f"the queue takes whole batches of keys; e.g. --moco-k "
                          f"{max(args.moco_k // args.batch_size, 1) * args.batch_size}")
+    if args.bn_splits < 1 or (args.batch_size // distributed.launched_world_size()) % args.bn_splits:
+        raise ValueError(f"--bn-splits {args.bn_splits} must be positive and divide each process's batch "
+                         f"({args.batch_size // distributed.launched_world_size()})")
     default_list = MOCO_DATA[args.dataset].list_file
     if args.list_file and default_list is None:
         raise ValueError(f"--list_file is for the image-list data sets (imagenet, inat); --dataset {args.dataset} "
@@ -142,7 +148,8 @@ def build_loader(args, source: MocoData, device: torch.device, seed: int) -> Tor
 
 
 def build_moco_model(args, device: torch.device, resume: dict | None):
-    moco = build_moco(args.arch, args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp).to(device)
+    moco = build_moco(args.arch, args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp,
+                      args.bn_splits).to(device)
     if resume is not None:
         try:
             moco.load_state_dict(strip_prefix(resume["state_dict"], "module."))
@@ -178,9 +185,10 @@ def main(argv=None) -> torch.nn.Module:
         trainer.restore(resume)
         run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")
     world = distributed.world_size()
-    if world == 1:
+    if world == 1 and args.bn_splits == 1:
         run.print("=> note: one process, so shuffle-BN has nothing to shuffle across; the reference ran MoCo "
-                  "only under DDP (launch with torchrun --nproc_per_node N for the paper's setting)")
+                  "only under DDP: launch with torchrun --nproc_per_node N for the paper's setting, or emulate "
+                  "it in this process with --bn-splits 8")
     run.print(f"=> MoCo on {args.dataset}: {len(loader.loader.dataset)} images, {world} process(es) x batch "
               f"{args.batch_size // world}, {len(loader)} steps/epoch, queue {args.moco_k}, seed {seed}, device {device}")
     trainer.fit()

@@ -31,6 +31,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun), known before the process group exists."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def init(device_kind: str) -> torch.device | None:
     """Join the process group torchrun describes (NCCL on GPUs, Gloo on CPUs); None when not under torchrun.
 

@@ -13,6 +13,10 @@ gradient), Q in R^{dim x K} a FIFO queue of the K most recent keys, t the temper
   processes before f_k and un-permuted after, so a process's BatchNorm statistics for keys come from other
   samples than its queries. In a single process a permutation leaves batch statistics unchanged, so it is
   an identity there.
+* Split-BN (``bn_splits`` S > 1, for one process; the MoCo authors' single-GPU CIFAR demo does the same):
+  every BatchNorm computes its training statistics on S interleaved groups of the batch (sample i in group
+  i mod S) as S processes would, so with the key batch permuted the key groups hold other samples than the
+  query groups: shuffle-BN without a second GPU. Running statistics are the mean of the groups' updates.
 * Head (Chen et al. 2020): with ``mlp`` the encoder's fc becomes Linear(d, d) - ReLU - Linear(d, dim).
 
 The checkpoint layout is the reference's: ``{dir}/moco_ckpt_{epoch:04d}.pth.tar`` with keys
@@ -100,6 +104,45 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
     return full[unshuffle.view(distributed.world_size(), -1)[distributed.rank()]]
 
 
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises each of ``num_splits`` interleaved groups of the batch with its
+    own statistics (group j = samples j, j + S, j + 2S, ...); running statistics move by the mean of the groups'
+    updates. Evaluation and the state_dict are BatchNorm2d's, so checkpoints load into plain models."""
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.num_splits == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        s = self.num_splits
+        # (n, c, h, w) -> (n / s, s * c, h, w): channel j * c + k holds channel k of the samples of group j.
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        weight = None if self.weight is None else self.weight.repeat(s)
+        bias = None if self.bias is None else self.bias.repeat(s)
+        out = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, weight, bias, True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(0))
+            self.running_var.copy_(var.view(s, c).mean(0))
+            self.num_batches_tracked.add_(1)
+        return out.view(n, c, h, w)
+
+
+def split_batchnorm_(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm2d inside ``module`` by a ``SplitBatchNorm2d`` with the same parameters and statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
+            split = SplitBatchNorm2d(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
+                                     affine=child.affine).to(child.running_mean.device)
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split)
+        else:
+            split_batchnorm_(child, num_splits)
+    return module
+
+
 def add_mlp_head(encoder: nn.Module) -> nn.Module:
     """MoCo v2 projection head: fc := Linear(d, d) - ReLU - fc, with d = encoder.feat_dim."""
     d = encoder.feat_dim
@@ -139,9 +182,12 @@ class MoCo(nn.Module):
         return logits, targets
 
 
-def build_moco(arch: str, dim: int, K: int, m: float, t: float, mlp: bool) -> MoCo:
-    """MoCo around ``models.build_model(arch, dim)`` (with the v2 MLP head when ``mlp``)."""
+def build_moco(arch: str, dim: int, K: int, m: float, t: float, mlp: bool, bn_splits: int = 1) -> MoCo:
+    """MoCo around ``models.build_model(arch, dim)`` (with the v2 MLP head when ``mlp``, Split-BN when
+    ``bn_splits`` > 1)."""
     encoder = models.build_model(arch, dim)
+    if bn_splits > 1:
+        split_batchnorm_(encoder, bn_splits)
     return MoCo(add_mlp_head(encoder) if mlp else encoder, dim, K, m, t)
 
 

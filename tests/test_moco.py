@@ -257,3 +257,55 @@ def test_two_processes_under_torchrun_stay_identical(tiny_cifar10, tmp_path):
         torch.testing.assert_close(r["back"], 2 * r["x"])
     rows = sorted(torch.cat([r0["shuffled"], r1["shuffled"]])[:, 0].tolist())
     assert rows == sorted(torch.cat([r0["x"], r1["x"]])[:, 0].tolist())
+
+
+# -- Split-BN (shuffle-BN in one process) -------------------------------------------------------------------
+def test_split_batchnorm_normalises_each_interleaved_group_on_its_own():
+    from engine.moco import SplitBatchNorm2d
+    torch.manual_seed(0)
+    bn = SplitBatchNorm2d(3, num_splits=2)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 1.0]))
+    x = torch.randn(8, 3, 4, 4) * torch.tensor([1.0, 3.0, 0.2]).view(1, 3, 1, 1)
+    out = bn(x)
+    for j in range(2):  # group j = samples j, j + 2, ...: BatchNorm on that group alone
+        group = x[j::2]
+        mean, var = group.mean((0, 2, 3)), group.var((0, 2, 3), unbiased=False)
+        expect = (group - mean.view(1, 3, 1, 1)) / torch.sqrt(var.view(1, 3, 1, 1) + bn.eps)
+        expect = expect * bn.weight.view(1, 3, 1, 1) + bn.bias.view(1, 3, 1, 1)
+        torch.testing.assert_close(out[j::2], expect, rtol=1e-4, atol=1e-5)
+    # running statistics: 0.9 * initial + 0.1 * the mean over groups of (mean, unbiased variance)
+    means = torch.stack([x[j::2].mean((0, 2, 3)) for j in range(2)]).mean(0)
+    variances = torch.stack([x[j::2].var((0, 2, 3), unbiased=True) for j in range(2)]).mean(0)
+    torch.testing.assert_close(bn.running_mean, 0.1 * means, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * variances, rtol=1e-4, atol=1e-6)
+    # evaluation uses the running statistics, exactly as BatchNorm2d
+    plain = torch.nn.BatchNorm2d(3)
+    plain.load_state_dict(bn.state_dict())
+    torch.testing.assert_close(bn.eval()(x), plain.eval()(x))
+
+
+def test_split_batchnorm_makes_the_key_permutation_matter():
+    from engine.moco import SplitBatchNorm2d, split_batchnorm_
+    model = split_batchnorm_(models.build_model("resnet20", 10), 4)
+    assert sum(isinstance(m, SplitBatchNorm2d) for m in model.modules()) == \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in models.build_model("resnet20", 10).modules())
+    assert set(model.state_dict()) == set(models.build_model("resnet20", 10).state_dict())
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    model.train()
+    direct, permuted = model(x), model(x[perm])[torch.argsort(perm)]
+    assert not torch.allclose(direct, permuted, atol=1e-4)  # other groups, other statistics
+    plain = models.build_model("resnet20", 10).train()
+    torch.testing.assert_close(plain(x), plain(x[perm])[torch.argsort(perm)], rtol=1e-4, atol=1e-4)
+
+
+def test_bn_splits_flag_trains_and_checks_the_batch(tiny_cifar10, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pretrain_moco.main(moco_args(tiny_cifar10, tmp_path, "-b", "20", "--moco-k", "80", "--bn-splits", "3"))
+    assert "--bn-splits 3 must be positive and divide each process's batch (20)" in capsys.readouterr().err
+    moco = pretrain_moco.main(moco_args(tiny_cifar10, tmp_path, "--epochs", "1", "-b", "20", "--moco-k", "80",
+                                        "--moco-dim", "16", "--bn-splits", "4"))
+    assert moco.encoder_k.bn1.num_splits == 4 and moco.encoder_q.bn1.num_batches_tracked.item() == 2
+    assert "shuffle-BN has nothing to shuffle" not in capsys.readouterr().out
