@@ -79,6 +79,14 @@ class CosAction(argparse.BooleanOptionalAction):
         namespace.lr_schedule = "step" if option_string.startswith("--no-") else "cosine"
 
 
+class ScheduleAction(argparse.Action):
+    """The reference's --schedule E1 E2 ...: the learning rate is multiplied by 0.1 at each epoch listed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.milestones = list(values)
+        namespace.lr_factors = [0.1 ** (i + 1) for i in range(len(values))]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_data_args(p, MOCO_DATA, default="imagenet")
@@ -103,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_optim_args(p, epochs=200, batch_size=128, lr=0.015, weight_decay=1e-4, schedule="cosine",
                           warmup_epochs=0, milestones=(120, 160), lr_factors=(0.1, 0.01))
     g.add_argument("--schedule", dest="milestones", type=int, nargs="*", default=argparse.SUPPRESS,
-                   help="the reference's name of --milestones (used with --no-cos)")
+                   action=ScheduleAction,
+                   help="the reference's step schedule (with --no-cos): x0.1 at each of these epochs; sets "
+                        "--milestones and --lr_factors 0.1 0.01 ...")
     config.add_run_args(p, exp_str="pretrain_moco", gpu=None, print_freq=50)
     p.set_defaults(workers=32)
     return p

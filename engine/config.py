@@ -114,6 +114,14 @@ def validate_eval(args: argparse.Namespace) -> None:
                             args.target_prior)
 
 
+def boolean(text: str) -> bool:
+    """argparse type of a flag that also takes a value, as the reference's ``--flag True``: true/false, 1/0, yes/no."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(text).lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _coerce(action: argparse.Action, key: str, value, source: str):
     """Apply the flag's type to a YAML value (YAML reads 1e-4 as a string) and check its choices."""
     def one(v):

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training: replaces init; --test: the checkpoint file or run folder to evaluate")
     g.add_argument("--log_dir", default="./log/imagenet_inat", help="this stage's logs and checkpoints")
     g.add_argument("--resume", default="", help="continue the interrupted run of this checkpoint (ckpt.pth.tar)")
-    g.add_argument("--output_logits", action="store_true", help="also save logits_{split}.npz of the final split")
+    g.add_argument("--output_logits", nargs="?", const=True, default=False, type=config.boolean,
+                   help="also save logits_{split}.npz of the final split (also --output_logits True/False)")
     g.add_argument("--save_feat", default="", choices=["", *FEATURE_SPLITS],
                    help="with --test: instead of evaluating, save the head's input features of this split (train_plain: "
                         "the training images with the evaluation transform) to {log_dir}/{split}feat_all.npz")

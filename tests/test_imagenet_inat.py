@@ -303,6 +303,15 @@ def test_bad_configs_fail_before_training(syn_root, tmp_path, capsys, extra, mes
     assert re.search(message, capsys.readouterr().err)
 
 
+def test_output_logits_is_a_switch_or_takes_the_references_value():
+    parser = iin.build_parser()
+    base = ["--cfg", "x.yaml"]
+    assert parser.parse_args(base).output_logits is False
+    assert parser.parse_args([*base, "--output_logits"]).output_logits is True
+    assert parser.parse_args([*base, "--output_logits", "True"]).output_logits is True
+    assert parser.parse_args([*base, "--output_logits", "false"]).output_logits is False
+
+
 def test_unknown_config_key_and_missing_data_root(syn_root, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("dataset: ImageNet_LT\nbatchsize: 3\n")

@@ -140,6 +140,8 @@ def test_parser_upstream_defaults_and_real_switches():
     b = p.parse_args(["--no-mlp", "--no-aug-plus", "--no-cos", "--schedule", "30", "40", "--data", "/img"])
     assert (b.mlp, b.aug_plus, b.lr_schedule, b.milestones, b.data_path) == (False, False, "step", [30, 40], "/img")
     assert p.parse_args(["--no-cos", "--cos"]).lr_schedule == "cosine"
+    c = p.parse_args(["--no-cos", "--schedule", "100", "150", "180"])  # any number of x0.1 steps, as upstream
+    assert c.milestones == [100, 150, 180] and c.lr_factors == pytest.approx([0.1, 0.01, 0.001])
 
 
 @pytest.mark.parametrize("extra,message", [
