@@ -16,22 +16,35 @@ rules have nothing to correct.
 Evaluation: every test image under all four rotations, so the reported Prec@1 is a deterministic rotation
 accuracy (upstream drew one random rotation per test image; it is not a classification accuracy either).
 
-Differences from the reference: -a defaults to resnet32 (the reference's resnet50 default fails on 32x32
-images, issue #22); --gpu defaults to None as there, which here means cuda:0 (no DataParallel; use torchrun).
+ImageNet-LT / iNaturalist 2018 (--dataset imagenet / inat, as the reference): the images listed in
+--list_file (default imagenet_inat/data/{ImageNet_LT,iNaturalist18}/..._train.txt, paths under --data_path)
+with the ImageNet-LT pipeline (RandomResizedCrop --crop_size, flip, colour jitter on ImageNet), read by
+DataLoader workers (--loader torch, the default there); evaluation on the --val_list_file images under the
+four rotations (Resize --resize_size, CenterCrop).
+
+    python pretrain_rot.py --dataset imagenet --data_path /path/to/ImageNet -b 256
+
+Differences from the reference: -a defaults to resnet32 for CIFAR/SVHN (the reference's resnet50 default fails
+on 32x32 images, issue #22) and to resnet50 for imagenet/inat; --gpu defaults to None as there, which here
+means cuda:0 (no DataParallel; use torchrun).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import os
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from engine import config
 from engine.augment import rotate_batch
-from engine.data import DATASETS
+from engine.data import DATASETS, DatasetSpec
 from engine.experiment import run_classification, store_name
 from engine.samplers import epoch_seed
+from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform
 from imbalance_cifar import ImageArrayDataset
 
 ROTATIONS = ("0", "90", "180", "270")  # class k = k * 90 degrees counter-clockwise
@@ -67,34 +80,111 @@ class Rotate:
         return rotate_batch(x, k), k
 
 
-def rotation_train_set(train_set) -> ImageArrayDataset:
+def rotation_train_set(train_set):
     """The training images as a 4-class set. Targets i mod 4 stand for a balanced rotation assignment (the
     counts the loss and --train_rule are built from); the labels trained on are drawn per batch by ``rotate``."""
-    return ImageArrayDataset(train_set.data, np.arange(len(train_set.data)) % 4, ROTATIONS)
+    if hasattr(train_set, "data"):
+        return ImageArrayDataset(train_set.data, np.arange(len(train_set.data)) % 4, ROTATIONS)
+    relabeled = copy.copy(train_set)  # image files: same images and transform, rotation stand-in targets
+    relabeled.targets, relabeled.num_classes = (np.arange(len(train_set)) % 4).tolist(), len(ROTATIONS)
+    return relabeled
 
 
-def rotated_test_set(test_set) -> ImageArrayDataset:
+class RotatedDataset(Dataset):
+    """Item k * N + i: item i of ``base`` (a (C, H, W) tensor, square) rotated by k * 90 degrees CCW, label k."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self.targets = np.repeat(np.arange(4), len(base)).tolist()
+
+    def __len__(self) -> int:
+        return 4 * len(self.base)
+
+    def __getitem__(self, index: int):
+        k, i = divmod(index, len(self.base))
+        return torch.rot90(self.base[i][0], k, dims=(1, 2)), k
+
+
+def rotated_test_set(test_set):
     """Every test image under the four rotations: image k * N + i is image i rotated by k * 90 degrees CCW."""
+    if not hasattr(test_set, "data"):
+        return RotatedDataset(test_set)
     data = np.concatenate([np.rot90(test_set.data, k, axes=(1, 2)) for k in range(4)])
     return ImageArrayDataset(data, np.repeat(np.arange(4), len(test_set.data)), ROTATIONS)
 
 
+def list_file(args: argparse.Namespace, name: str, split: str) -> str:
+    given = args.list_file if split == "train" else args.val_list_file
+    return given or os.path.join("imagenet_inat", "data", name, LT_DATASETS[name].splits[split])
+
+
+def list_source(name: str) -> DatasetSpec:
+    """ImageNet-LT / iNaturalist 2018 read from split files (the reference's imagenet / inat)."""
+    lt = LT_DATASETS[name]
+
+    def build(split: str):
+        return lambda a: ListDataset(a.data_path, list_file(a, name, split),
+                                     list_transform(lt, split == "train", a.crop_size, a.resize_size),
+                                     decode="tensor")
+    return DatasetSpec(lt.num_classes, lt.mean, lt.std, train=build("train"), test=build("val"), in_memory=False)
+
+
+SOURCES: dict[str, DatasetSpec] = {**DATASETS, "imagenet": list_source("ImageNet_LT"),
+                                   "inat": list_source("iNaturalist18")}
+LIST_DEFAULTS = {"arch": "resnet50", "loader": "torch", "eval_batch_size": 256}
+ARRAY_DEFAULTS = {"arch": "resnet32", "loader": "device", "eval_batch_size": 1000}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, DATASETS)
+    config.add_data_args(p, SOURCES)
+    g = p.add_argument_group("imagenet / inat")
+    g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
+    g.add_argument("--val_list_file", default=None, help="evaluation split file (default: its val list)")
+    g.add_argument("--crop_size", type=int, default=224, help="training crop and evaluation centre crop")
+    g.add_argument("--resize_size", type=int, default=256, help="evaluation: shorter side before the centre crop")
     config.add_model_args(p)
     config.add_optim_args(p)
     config.add_run_args(p, exp_str="pretrain_rot", gpu=None)
     config.add_speed_args(p)
+    # Per data source (resolve_defaults): resnet50 / DataLoader / batch 256 for image files, else the CIFAR ones.
+    p.set_defaults(**dict.fromkeys(LIST_DEFAULTS))
     return p
 
 
+def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Set the flags left unset to the data source's defaults (reproduce.py calls this too)."""
+    for key, value in (ARRAY_DEFAULTS if SOURCES[args.dataset].in_memory else LIST_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``fill_defaults``, then the checks (common ones, and the split files of image-list data)."""
+    fill_defaults(args)
+    config.validate_common(args)
+    if SOURCES[args.dataset].in_memory:
+        return args
+    if args.loader != "torch":
+        raise ValueError(f"--loader {args.loader}: --dataset {args.dataset} is read from image files; use --loader torch")
+    name = "ImageNet_LT" if args.dataset == "imagenet" else "iNaturalist18"
+    for flag, split in (("--list_file", "train"), ("--val_list_file", "val")):
+        if not os.path.isfile(list_file(args, name, split)):
+            raise ValueError(f"{flag}: no split file {list_file(args, name, split)!r} for --dataset {args.dataset}: "
+                             "get the ImageNet-LT / iNaturalist 2018 lists (imagenet_inat/README.md) or pass the path")
+    return args
+
+
 def main(argv=None):
-    args = config.parse(build_parser(), argv)
-    data = DATASETS[args.dataset]
+    args = config.parse(build_parser(), argv, resolve_defaults)
+    data = SOURCES[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
+    # The reference's run names: no long-tail fields for the image-list data sets.
+    fields = ("dataset", "arch", "loss_type", "train_rule", *(("imb_type", "imb_factor") if data.in_memory else ()),
+              "exp_str")
     return run_classification(args, spec, rotation_train_set(data.train(args)), rotated_test_set(data.test(args)),
-                              store_name(args), batch_transform=Rotate())
+                              store_name(args, fields), batch_transform=Rotate())
 
 
 if __name__ == "__main__":

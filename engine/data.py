@@ -25,11 +25,14 @@ SVHN_MEAN = SVHN_STD = (0.5, 0.5, 0.5)
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """``in_memory``: the builders return ``.data`` arrays (either loader); False: image files whose datasets
+    carry their own transforms (``--loader torch`` only, e.g. ImageNet-LT lists)."""
     num_classes: int
     mean: tuple
     std: tuple
     train: Callable[[argparse.Namespace], object]
     test: Callable[[argparse.Namespace], object]
+    in_memory: bool = True
 
 
 def build_dataset(cls, args: argparse.Namespace, **split):
@@ -73,10 +76,15 @@ def make_loader(dataset, spec: DatasetSpec, args: argparse.Namespace, device: to
     """A ``DeviceLoader`` (``--loader device``) or ``TorchLoader`` (``--loader torch``) over ``dataset``."""
     batch = distributed.per_process_batch(args.batch_size) if train else args.eval_batch_size
     channels_last = getattr(args, "channels_last", False)
-    if getattr(args, "loader", "device") == "device":
+    loader = getattr(args, "loader", "device")
+    if loader == "device":
+        if not spec.in_memory:
+            raise ValueError(f"--loader device: --dataset {args.dataset} is read from image files by DataLoader "
+                             "workers; use --loader torch")
         return DeviceLoader(dataset.data, dataset.targets, batch_size=batch, device=device, mean=spec.mean,
                             std=spec.std, train=train, sample_weights=sample_weights, seed=seed,
                             channels_last=channels_last)
-    dataset.transform = torch_transforms(spec, train)
+    if spec.in_memory:
+        dataset.transform = torch_transforms(spec, train)
     return TorchLoader(dataset, batch_size=batch, device=device, train=train, workers=args.workers,
                        sample_weights=sample_weights, seed=seed, channels_last=channels_last)

@@ -517,6 +517,9 @@ def _values(script: str, config: str | None, argv: list[str], flags: dict, parse
     """The stage's flag values: parsed (and validated) by the script's parser, else the spec's own."""
     if parser is not None:
         args = _parse(_raising(parser, where), argv, where)
+        fill = getattr(importlib.import_module(Path(script).stem), "fill_defaults", None)
+        if fill is not None:  # defaults that depend on other flags (pretrain_rot.py: -a by --dataset)
+            fill(args)
         if SCRIPTS[script].trains:
             _validate(args, where, blank)
         return vars(args)

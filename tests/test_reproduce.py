@@ -1,6 +1,7 @@
 """reproduce.py / engine.tables: table specs load and validate, expand into the right commands, run on synthetic
 CIFAR-10 as subprocesses, skip finished runs, and report mean ± sample std next to the papers' numbers."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -145,6 +146,15 @@ def test_ssp_pipeline_order_paths_and_shared_pretraining():
         assert flag(finals["LDAM_DRW_SSP"].argv, "--loss_type") == "LDAM"
         assert flag(pretrain.argv, "--loss_type") == "CE" and flag(pretrain.argv, "--train_rule") == "None"
         assert "--pretrained_model" not in plan.cells[("CE", column.key)][0].argv
+
+
+def test_flag_dependent_defaults_reach_the_run_names():
+    # pretrain_rot.py's -a default depends on --dataset (fill_defaults): without `arch` in the spec, the
+    # planned checkpoint path must still be the one the script writes (resnet32 for CIFAR).
+    table = tables.load_table("ssp_cifar")
+    plan = tables.expand(dataclasses.replace(table, defaults={}), [0], out="out")
+    pretrain = next(job for job in plan.jobs if job.script == "pretrain_rot.py")
+    assert "_resnet32_CE_None_exp_" in pretrain.outputs["checkpoint"]
 
 
 def test_semi_pipeline_order_paths_and_sharing():

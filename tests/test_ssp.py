@@ -105,7 +105,7 @@ def test_rotation_evaluation_scores_every_test_image_under_all_four_rotations():
 
 def test_parser_defaults_and_store_name():
     parser = pretrain_rot.build_parser()
-    a = parser.parse_args([])
+    a = pretrain_rot.resolve_defaults(parser.parse_args([]))
     assert (a.arch, a.gpu, a.exp_str, a.epochs, a.batch_size, a.lr, a.weight_decay, a.momentum) == \
         ("resnet32", None, "pretrain_rot", 200, 128, 0.1, 2e-4, 0.9)
     assert (a.loss_type, a.train_rule, a.lr_schedule, a.milestones, a.warmup_epochs) == \
@@ -176,3 +176,42 @@ def test_ssp_configs_load_and_point_at_their_pretraining_run(tmp_path, monkeypat
         assert (a.arch, a.epochs, a.batch_size, a.lr, a.weight_decay) == ("resnet32", 200, 128, 0.1, 2e-4)
         rows.add((a.loss_type, a.train_rule))
     assert len(finetune) == 18 and rows == {("CE", "None"), ("CE", "Reweight"), ("LDAM", "DRW")}
+
+
+def test_imagenet_rotation_pretraining_on_image_files(tmp_path):
+    from imagenet_inat.synthetic import generate
+    root = tmp_path / "syn"
+    generate(str(root), classes=4, max_per_class=10, min_per_class=2, val=2, test=1, size=32)
+    args = pretrain_rot.resolve_defaults(pretrain_rot.build_parser().parse_args(
+        ["--dataset", "imagenet", "--list_file", __file__, "--val_list_file", __file__]))
+    assert (args.arch, args.loader, args.eval_batch_size) == ("resnet50", "torch", 256)  # the reference's resnet50
+    argv = ["--dataset", "imagenet", "--data_path", str(root), "--list_file", str(root / "ImageNet_LT_train.txt"),
+            "--val_list_file", str(root / "ImageNet_LT_val.txt"), "--crop_size", "32", "--resize_size", "32",
+            "-a", "resnet20", "--epochs", "1", "-b", "8", "-j", "0", "--device", "cpu", "--seed", "0",
+            "--root_log", str(tmp_path / "log"), "--root_model", str(tmp_path / "ckpt")]
+    summary = pretrain_rot.main(argv)
+    assert summary["last"]["samples"] == 4 * 2 * 4  # every val image under the four rotations
+    assert summary["last"]["per_class"] is not None and len(summary["last"]["per_class"]) == 4
+    # the reference's run name for image-list data: no long-tail fields
+    ckpt = load_checkpoint(str(tmp_path / "ckpt" / "imagenet_resnet20_CE_None_pretrain_rot" / "ckpt.pth.tar"))
+    assert ckpt["state_dict"]["fc.weight"].shape[0] == 4
+
+
+def test_rotated_image_file_set_rotates_each_item():
+    base = [(torch.arange(12.0).view(1, 3, 4)[:, :, :3], 7), (torch.ones(1, 3, 3), 9)]
+    rotated = pretrain_rot.RotatedDataset(base)
+    assert len(rotated) == 8 and rotated.targets == [0, 0, 1, 1, 2, 2, 3, 3]
+    image, k = rotated[5]  # k = 2, image 1
+    assert k == 2 and torch.equal(image, torch.rot90(base[1][0], 2, dims=(1, 2)))
+    image, k = rotated[2]
+    assert k == 1 and torch.equal(image, torch.rot90(base[0][0], 1, dims=(1, 2)))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--loader", "device"], "--loader device: --dataset imagenet is read from image files"),
+    (["--list_file", "/nonexistent.txt"], "--list_file: no split file '/nonexistent.txt'"),
+])
+def test_imagenet_rotation_refuses_bad_flags(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        pretrain_rot.main(["--dataset", "imagenet", "--val_list_file", __file__, *extra])
+    assert message in capsys.readouterr().err
