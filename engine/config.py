@@ -138,12 +138,18 @@ def _coerce(action: argparse.Action, key: str, value, source: str):
     return one(value)
 
 
-def load_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
-    """Read ``path`` and return {dest: value} for the parser's flags; unknown keys are an error."""
+def load_yaml_defaults(parser: argparse.ArgumentParser, path: str,
+                       translate: Callable[[dict, str], dict] | None = None) -> dict:
+    """Read ``path`` and return {dest: value} for the parser's flags; unknown keys are an error.
+
+    ``translate(mapping, path) -> mapping`` rewrites another layout into flag names first (e.g. the reference
+    ImageNet-LT code's nested configs)."""
     if not os.path.isfile(path):
         raise SystemExit(f"error: --config: no file {path!r}")
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
+    if translate is not None:
+        cfg = translate(cfg, path)
     if not isinstance(cfg, dict):
         raise SystemExit(f"error: --config: {path!r} must hold a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
@@ -157,11 +163,13 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-          validate: Callable[[argparse.Namespace], None] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with YAML defaults from ``--config``; run ``validate`` (ValueError -> usage error)."""
+          validate: Callable[[argparse.Namespace], None] | None = None,
+          translate: Callable[[dict, str], dict] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with YAML defaults from ``--config`` (``translate``: see ``load_yaml_defaults``); run
+    ``validate`` (ValueError -> usage error)."""
     pre, _ = parser.parse_known_args(argv)
     if getattr(pre, "config", None):
-        parser.set_defaults(**load_yaml_defaults(parser, pre.config))
+        parser.set_defaults(**load_yaml_defaults(parser, pre.config, translate))
     args = parser.parse_args(argv)
     try:
         (validate or validate_common)(args)

@@ -31,6 +31,7 @@ from engine.samplers import ShardSampler
 from engine.metrics import collect_features, collect_logits, evaluate
 from engine.runlog import RunLog, write_json
 from engine.trainer import ClassificationStep, Trainer
+from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
 from imagenet_inat.heads import STAGES, FrozenBNStep, freeze_backbone, tau_normalized
 from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
@@ -380,7 +381,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = config.parse(build_parser(), argv, validate)
+    args = config.parse(build_parser(), argv, validate, reference_config.translate)
     device = start_process(args)
     try:
         return run(args, device)

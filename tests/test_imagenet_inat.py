@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import models
 from engine import distributed
@@ -18,6 +19,7 @@ from engine.checkpoint import load_checkpoint
 from engine.config import load_yaml_defaults
 from engine.runlog import RunLog
 from imagenet_inat import main as iin
+from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
 from imagenet_inat.heads import FrozenBNStep, freeze_backbone, tau_normalized
 from engine.samplers import ShardSampler
@@ -433,3 +435,66 @@ def test_a_stage_may_not_write_into_the_folder_it_starts_from(stage1, syn_root, 
     with pytest.raises(SystemExit):
         iin.main(["--cfg", str(SYN / "cls_crt.yaml"), *tiny(syn_root, log_dir), "--init", log_dir])
     assert "overwrites stage 1's checkpoints" in capsys.readouterr().err
+
+
+# -- the reference code's nested configs ------------------------------------------------------------------------
+def reference_cfg(fix: bool, sampler, coslr=True, **extra) -> dict:
+    """A config in the reference code's layout (training_opt / networks / criterions)."""
+    optim = {"lr": 0.2, "momentum": 0.9, "weight_decay": 0.0005}
+    return {"coslr": coslr, "endlr": 0.0, "last": False, "model_dir": "./stage1", "shuffle": False,
+            "memory": {"centroids": False, "init_centroids": False},
+            "criterions": {"PerformanceLoss": {"def_file": "./imagenet_inat/loss/SoftmaxLoss.py", "weight": 1.0}},
+            "networks": {"classifier": {"def_file": "./imagenet_inat/models/DotProductClassifier.py",
+                                        "optim_params": dict(optim, lr=0.1)},
+                         "feat_model": {"def_file": "./imagenet_inat/models/ResNet50Feature.py", "fix": fix,
+                                        "optim_params": optim}},
+            "training_opt": {"backbone": "resnet50", "batch_size": 512, "dataset": "ImageNet_LT", "display_step": 10,
+                             "log_dir": "./run", "num_classes": 1000, "num_epochs": 10, "num_workers": 12,
+                             "sampler": sampler, "scheduler_params": {"gamma": 0.1, "step_size": 3}, **extra}}
+
+
+def test_reference_configs_translate_to_flags():
+    crt = reference_config.translate(reference_cfg(True, {"type": "ClassAwareSampler", "num_samples_cls": 4}), "c")
+    assert (crt["stage"], crt["init"], crt["sampler"], crt["samples_per_class"]) == ("crt", "./stage1", "class_aware", 4)
+    assert (crt["lr"], crt["batch_size"], crt["epochs"], crt["lr_schedule"]) == (0.1, 512, 10, "cosine")  # the head's lr
+    assert crt["train_split"] == os.path.join(".", "imagenet_inat", "data", "ImageNet_LT", "ImageNet_LT_train.txt")
+    feat = reference_config.translate(reference_cfg(False, None, coslr=False), "f")
+    assert (feat["stage"], feat["sampler"], feat["lr"], feat["weight_decay"]) == ("feature", "instance", 0.2, 0.0005)
+    assert "init" not in feat and feat["milestones"] == [3, 6, 9]
+    assert feat["lr_factors"] == pytest.approx([0.1, 0.01, 0.001])
+    flat = {"dataset": "ImageNet_LT", "lr": 0.3}
+    assert reference_config.translate(flat, "x") is flat
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["memory"].update(centroids=True), "memory.centroids: OLTR's meta-embedding memory"),
+    (lambda c: c["networks"]["classifier"].update(def_file="x/MetaEmbeddingClassifier.py"), "networks.classifier"),
+    (lambda c: c["training_opt"].update(sampler={"type": "ClassPrioritySampler"}), "training_opt.sampler.type"),
+])
+def test_reference_configs_refuse_what_is_not_implemented(change, message):
+    cfg = reference_cfg(False, None)
+    change(cfg)
+    with pytest.raises(SystemExit, match=message):
+        reference_config.translate(cfg, "cfg.yaml")
+
+
+def test_reference_config_runs_both_stages(syn_root, tmp_path, monkeypatch):
+    # The reference's layout on disk: split files under ./imagenet_inat/data/ImageNet_LT/, images under --data_root.
+    lists = tmp_path / "imagenet_inat" / "data" / "ImageNet_LT"
+    lists.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (lists / f"ImageNet_LT_{split}.txt").write_text(open(os.path.join(syn_root, f"ImageNet_LT_{split}.txt")).read())
+    monkeypatch.chdir(tmp_path)
+    for name, cfg in (("feat.yaml", reference_cfg(False, None, log_dir="./stage1")),
+                      ("crt.yaml", reference_cfg(True, {"type": "ClassAwareSampler", "num_samples_cls": 2},
+                                                 log_dir="./stage2"))):
+        cfg["training_opt"]["backbone"] = "resnet10"
+        (tmp_path / name).write_text(yaml.safe_dump(cfg))
+    small = ["--data_root", syn_root, "--num_classes", str(CLASSES), "--crop_size", "32", "--resize_size", "32",
+             "--batch_size", "16", "--epochs", "1", "--workers", "0", "--device", "cpu", "--seed", "0"]
+    stage1 = iin.main(["--cfg", "feat.yaml", *small])
+    assert stage1["final"]["split"] == "test" and os.path.isfile("stage1/ckpt.best.pth.tar")
+    stage2 = iin.main(["--cfg", "crt.yaml", *small])
+    args = yaml.safe_load(open("stage2/args.yaml"))
+    assert (args["stage"], args["sampler"], args["init"], args["arch"]) == ("crt", "class_aware", "./stage1", "resnet10")
+    assert stage2["epochs"] == 1
