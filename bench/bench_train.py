@@ -7,7 +7,7 @@ and prints, for each, training images/s (epochs after the first, which pays star
 the wall time of one epoch with evaluation, its projection to 200 epochs, and the ratio fast / baseline.
 
     python bench/bench_train.py --data_path ./data                                  # GPU, full size
-    python bench/bench_train.py --data_path ./data --amp --channels_last --compile
+    python bench/bench_train.py --data_path ./data --amp --channels_last --compile   # CUDA graphs (reduce-overhead)
     python bench/bench_train.py --data_path DIR --epochs 2 --device cpu --arch resnet20   # CPU smoke test
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile_mode", default="reduce-overhead", help="with --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--target_epochs", type=int, default=200, help="epochs of the projected full run")
     return p.parse_args(argv)
 
@@ -70,6 +71,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     fast_flags = [f for f, on in (("--amp", args.amp), ("--channels_last", args.channels_last),
                                   ("--compile", args.compile)) if on]
+    fast_flags += ["--compile_mode", args.compile_mode] if args.compile else []
     with tempfile.TemporaryDirectory() as tmp:
         base = speed(run(args, "torch", [], os.path.join(tmp, "a")), args.target_epochs)
         fast = speed(run(args, "device", fast_flags, os.path.join(tmp, "b")), args.target_epochs)
