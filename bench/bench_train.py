@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile_mode", default="reduce-overhead", help="with --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--target_epochs", type=int, default=200, help="epochs of the projected full run")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed of both runs; it also makes cuDNN deterministic (slower), so by default none "
+                        "is set and cuDNN autotunes, as in the seed repository's default runs")
     return p.parse_args(argv)
 
 
@@ -47,7 +50,7 @@ def run(args, loader: str, extra: list[str], out_dir: str) -> dict:
     """Train with ``--loader loader``; returns the per-epoch records of metrics.jsonl and the train size."""
     argv = ["--dataset", args.dataset, "--data_path", args.data_path, "--imb_factor", args.imb_factor,
             "-a", args.arch, "--epochs", str(args.epochs), "-b", str(args.batch_size), "-j", str(args.workers),
-            "--seed", "0", "--loader", loader, "--root_log", out_dir, "--root_model", out_dir, "--exp_str", loader,
+            *(["--seed", str(args.seed)] if args.seed is not None else []), "--loader", loader, "--root_log", out_dir, "--root_model", out_dir, "--exp_str", loader,
             *(["--device", args.device] if args.device else []), *extra]
     parsed = train.config.parse(train.build_parser(), argv)
     spec = train.DATASETS[parsed.dataset]
