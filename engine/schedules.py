@@ -3,6 +3,8 @@
 ``step``   (LDAM-DRW / imbalanced-semi-self, SPEC section 1.7, corrected order): linear warm-up
            lr * (epoch + 1) / W for the first W epochs, then lr * factor_k where k is the number of
            milestones already reached (defaults: x0.01 from epoch 160, x1e-4 from epoch 180, 0-indexed).
+           With ``--warmup_factor f`` the warm-up is LADE's WarmupMultiStep one instead (Hong et al. 2021 code):
+           lr * (f * (1 - epoch / W) + epoch / W), from lr * f at epoch 0 towards lr.
 ``cosine`` (MoCo v2, classifier-balancing): lr * 0.5 * (1 + cos(pi * epoch / epochs)), after the warm-up.
 """
 from __future__ import annotations
@@ -20,6 +22,8 @@ def add_schedule_args(parser: argparse.ArgumentParser, schedule: str = "step", w
     g = parser.add_argument_group("learning-rate schedule")
     g.add_argument("--lr_schedule", default=schedule, choices=sorted(SCHEDULES), help="per-epoch LR schedule")
     g.add_argument("--warmup_epochs", type=int, default=warmup_epochs, help="linear warm-up length (epochs)")
+    g.add_argument("--warmup_factor", type=float, default=None,
+                   help="warm-up from lr * this factor at epoch 0 (LADE: 1/3); default: lr * (epoch + 1) / W")
     g.add_argument("--milestones", type=int, nargs="*", default=list(milestones),
                    help="step schedule: epochs (0-indexed) where the LR factor changes")
     g.add_argument("--lr_factors", type=float, nargs="*", default=list(lr_factors),
@@ -27,9 +31,13 @@ def add_schedule_args(parser: argparse.ArgumentParser, schedule: str = "step", w
 
 
 def _warmup(args, epoch: int) -> float | None:
-    if epoch < args.warmup_epochs:
+    if epoch >= args.warmup_epochs:
+        return None
+    start = getattr(args, "warmup_factor", None)
+    if start is None:
         return args.lr * (epoch + 1) / args.warmup_epochs
-    return None
+    alpha = epoch / args.warmup_epochs
+    return args.lr * (start * (1.0 - alpha) + alpha)
 
 
 def _step(args, epoch: int) -> float:
@@ -63,3 +71,6 @@ def validate_schedule(args: argparse.Namespace) -> None:
         raise ValueError(f"--milestones must be increasing, got {args.milestones}")
     if args.warmup_epochs < 0:
         raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
+    factor = getattr(args, "warmup_factor", None)
+    if factor is not None and not 0.0 < factor <= 1.0:
+        raise ValueError(f"--warmup_factor must be in (0, 1], got {factor}")

@@ -24,6 +24,18 @@ def test_ldam_step_schedule(epoch, lr):
     assert schedules.lr_at(make_args(), epoch) == pytest.approx(lr)
 
 
+@pytest.mark.parametrize("epoch,factor", [(0, 1 / 3), (1, 1 / 3 * 0.8 + 0.2), (4, 1 / 3 * 0.2 + 0.8), (5, 1.0)])
+def test_lade_warmup_factor(epoch, factor):
+    # LADE's WarmupMultiStep: f * (1 - e/W) + e/W with f = 1/3, W = 5; then the step schedule.
+    a = make_args(milestones=[120, 160], lr=0.2, warmup_factor=1 / 3)
+    assert schedules.lr_at(a, epoch) == pytest.approx(0.2 * factor)
+
+
+def test_warmup_factor_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="--warmup_factor must be in"):
+        schedules.validate_schedule(make_args(warmup_factor=0.0))
+
+
 def test_lade_cifar_schedule():
     a = make_args(milestones=[120, 160], lr=0.2)
     assert schedules.lr_at(a, 119) == pytest.approx(0.2)
