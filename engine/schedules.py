@@ -3,8 +3,10 @@
 ``step``   (LDAM-DRW / imbalanced-semi-self, SPEC section 1.7, corrected order): linear warm-up
            lr * (epoch + 1) / W for the first W epochs, then lr * factor_k where k is the number of
            milestones already reached (defaults: x0.01 from epoch 160, x1e-4 from epoch 180, 0-indexed).
-           With ``--warmup_factor f`` the warm-up is LADE's WarmupMultiStep one instead (Hong et al. 2021 code):
-           lr * (f * (1 - epoch / W) + epoch / W), from lr * f at epoch 0 towards lr.
+           In general the warm-up is lr * (f + (1 - f) * (epoch + 1) / W) with f = ``--warmup_factor``: f = 0
+           is the above; f = 1/3 is LADE's WarmupMultiStep (Hong et al. 2021 code), whose scheduler steps at the
+           start of every epoch, so epoch e runs at its value for e + 1 (and its milestones 120/160 are 119/159
+           here, 0-indexed).
 ``cosine`` (MoCo v2, classifier-balancing): lr * 0.5 * (1 + cos(pi * epoch / epochs)), after the warm-up.
 """
 from __future__ import annotations
@@ -22,8 +24,8 @@ def add_schedule_args(parser: argparse.ArgumentParser, schedule: str = "step", w
     g = parser.add_argument_group("learning-rate schedule")
     g.add_argument("--lr_schedule", default=schedule, choices=sorted(SCHEDULES), help="per-epoch LR schedule")
     g.add_argument("--warmup_epochs", type=int, default=warmup_epochs, help="linear warm-up length (epochs)")
-    g.add_argument("--warmup_factor", type=float, default=None,
-                   help="warm-up from lr * this factor at epoch 0 (LADE: 1/3); default: lr * (epoch + 1) / W")
+    g.add_argument("--warmup_factor", type=float, default=0.0,
+                   help="warm-up lr * (f + (1 - f) * (epoch + 1) / W): 0 as LDAM-DRW, 1/3 as LADE")
     g.add_argument("--milestones", type=int, nargs="*", default=list(milestones),
                    help="step schedule: epochs (0-indexed) where the LR factor changes")
     g.add_argument("--lr_factors", type=float, nargs="*", default=list(lr_factors),
@@ -33,11 +35,8 @@ def add_schedule_args(parser: argparse.ArgumentParser, schedule: str = "step", w
 def _warmup(args, epoch: int) -> float | None:
     if epoch >= args.warmup_epochs:
         return None
-    start = getattr(args, "warmup_factor", None)
-    if start is None:
-        return args.lr * (epoch + 1) / args.warmup_epochs
-    alpha = epoch / args.warmup_epochs
-    return args.lr * (start * (1.0 - alpha) + alpha)
+    start = getattr(args, "warmup_factor", 0.0)
+    return args.lr * (start + (1.0 - start) * (epoch + 1) / args.warmup_epochs)
 
 
 def _step(args, epoch: int) -> float:
@@ -71,6 +70,6 @@ def validate_schedule(args: argparse.Namespace) -> None:
         raise ValueError(f"--milestones must be increasing, got {args.milestones}")
     if args.warmup_epochs < 0:
         raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
-    factor = getattr(args, "warmup_factor", None)
-    if factor is not None and not 0.0 < factor <= 1.0:
-        raise ValueError(f"--warmup_factor must be in (0, 1], got {factor}")
+    factor = getattr(args, "warmup_factor", 0.0)
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"--warmup_factor must be in [0, 1], got {factor}")

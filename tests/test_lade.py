@@ -190,7 +190,9 @@ def test_every_lade_and_logit_adjustment_config_parses():
         lade = parsed[f"cifar100_exp{rho}_LADE.yaml"]
         assert (lade.arch, lade.batch_size, lade.lr, lade.weight_decay, lade.warmup_epochs) == \
                ("resnet32_bbn", 256, 0.2, 5e-4, 5)
-        assert (lade.milestones, lade.lr_factors, lade.epochs) == ([120, 160], [0.01, 0.0001], 200)
+        # LADE's milestones 120/160, stepped at each epoch's start, are 0-indexed epochs 119/159 here
+        assert (lade.milestones, lade.lr_factors, lade.epochs) == ([119, 159], [0.01, 0.0001], 200)
+        assert lade.warmup_factor == pytest.approx(1 / 3)
         assert (lade.loss_type, lade.lade_alpha, lade.remine_lambda, lade.imb_factor) == ("LADE", 0.1, 0.01, f)
         ours = parsed[f"cifar100_exp{rho}_LADE_resnet32.yaml"]
         assert (ours.arch, ours.batch_size, ours.lr, ours.milestones, ours.loss_type) == \

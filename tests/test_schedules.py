@@ -24,16 +24,20 @@ def test_ldam_step_schedule(epoch, lr):
     assert schedules.lr_at(make_args(), epoch) == pytest.approx(lr)
 
 
-@pytest.mark.parametrize("epoch,factor", [(0, 1 / 3), (1, 1 / 3 * 0.8 + 0.2), (4, 1 / 3 * 0.2 + 0.8), (5, 1.0)])
-def test_lade_warmup_factor(epoch, factor):
-    # LADE's WarmupMultiStep: f * (1 - e/W) + e/W with f = 1/3, W = 5; then the step schedule.
-    a = make_args(milestones=[120, 160], lr=0.2, warmup_factor=1 / 3)
+@pytest.mark.parametrize("epoch,factor", [(0, 1 / 3 * 0.8 + 0.2), (3, 1 / 3 * 0.2 + 0.8), (4, 1.0), (118, 1.0),
+                                          (119, 0.01), (158, 0.01), (159, 1e-4)])
+def test_lade_warmup_multistep(epoch, factor):
+    # LADE's WarmupMultiStepLR(f=1/3, W=5, milestones 120/160, gamma 0.01), stepped at the start of each epoch:
+    # epoch e (0-indexed) runs at last_epoch = e + 1, i.e. factor f*(1 - a) + a with a = (e + 1)/5 while e + 1 < 5.
+    a = make_args(milestones=[119, 159], lr=0.2, warmup_factor=1 / 3)
     assert schedules.lr_at(a, epoch) == pytest.approx(0.2 * factor)
 
 
-def test_warmup_factor_out_of_range_is_refused():
+def test_warmup_factor_zero_is_the_ldam_warmup_and_range_is_checked():
+    assert [schedules.lr_at(make_args(warmup_factor=0.0), e) for e in range(5)] == \
+        pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
     with pytest.raises(ValueError, match="--warmup_factor must be in"):
-        schedules.validate_schedule(make_args(warmup_factor=0.0))
+        schedules.validate_schedule(make_args(warmup_factor=1.5))
 
 
 def test_lade_cifar_schedule():
