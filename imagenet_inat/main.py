@@ -110,7 +110,8 @@ def checkpoint_path(path: str, flag: str) -> str:
         ours, reference = os.path.join(path, BEST), os.path.join(path, REFERENCE_BEST)
         path = reference if not os.path.isfile(ours) and os.path.isfile(reference) else ours
     if not os.path.isfile(path):
-        raise ValueError(f"{flag}: no checkpoint at {path!r} (give a .pth.tar file or a run folder holding {BEST})")
+        raise ValueError(f"{flag}: no checkpoint at {path!r} (give a checkpoint file, or a run folder holding {BEST} "
+                         f"or the reference code's {REFERENCE_BEST})")
     return path
 
 

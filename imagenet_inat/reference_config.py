@@ -12,7 +12,10 @@ Mapping: ``feat_model.fix`` true -> stage crt (init = ``model_dir``, the stage-1
 ``coslr`` true -> cosine, false -> step every ``scheduler_params.step_size`` epochs by ``gamma``; the optimiser
 settings of the network that trains (the classifier when the backbone is fixed); split files at the reference's
 ``./imagenet_inat/data/{dataset}/{dataset}_{train,val,test}.txt`` (no test split for iNaturalist18), images under
-``--data_root`` (the reference's ``./data``).
+``--data_root`` (the reference's ``./data``). ``model_dir`` becomes ``init`` for every stage, as the reference
+loads it for every stage (the backbone only when training): its shipped configs name ``./data`` for stage 1
+too, so give a MoCo checkpoint or stage-1 folder with ``--model_dir``. Those configs also write every stage
+into ``log_dir: ./data``; a stage may not write into the folder it starts from, so give cRT its own ``--log_dir``.
 """
 from __future__ import annotations
 
@@ -33,7 +36,16 @@ def _refuse(path: str, key: str, what: str) -> None:
     raise SystemExit(f"error: {path}: {key}: {what} is not implemented here; see imagenet_inat/README.md")
 
 
+REQUIRED = ("dataset", "num_classes", "batch_size", "num_epochs")
+
+
 def _check_supported(cfg: dict, path: str) -> None:
+    missing = [key for key in REQUIRED if key not in cfg["training_opt"]]
+    if missing:
+        raise SystemExit(f"error: {path}: training_opt.{missing[0]} is missing (the reference layout needs "
+                         f"{', '.join(REQUIRED)})")
+    if cfg.get("coslr") and cfg.get("endlr", 0.0):
+        _refuse(path, "endlr", f"a cosine schedule ending at {cfg['endlr']} instead of 0")
     if (cfg.get("memory") or {}).get("centroids"):
         _refuse(path, "memory.centroids", "OLTR's meta-embedding memory")
     classifier = os.path.basename(cfg["networks"].get("classifier", {}).get("def_file", CLASSIFIERS[0]))
@@ -77,8 +89,8 @@ def translate(cfg: dict, path: str) -> dict:
     flat.update({k: trained[k] for k in ("lr", "momentum", "weight_decay") if k in trained})
     if sampler:
         flat["samples_per_class"] = sampler.get("num_samples_cls", 4)
-    if fixed:
-        flat["init"] = cfg.get("model_dir") or opt.get("log_dir")
+    if cfg.get("model_dir"):
+        flat["init"] = cfg["model_dir"]
     for split, name in LT_DATASETS[dataset].splits.items():
         if name is not None:
             flat[f"{split}_split"] = os.path.join(".", "imagenet_inat", "data", dataset, name)

@@ -460,7 +460,7 @@ def test_reference_configs_translate_to_flags():
     assert crt["train_split"] == os.path.join(".", "imagenet_inat", "data", "ImageNet_LT", "ImageNet_LT_train.txt")
     feat = reference_config.translate(reference_cfg(False, None, coslr=False), "f")
     assert (feat["stage"], feat["sampler"], feat["lr"], feat["weight_decay"]) == ("feature", "instance", 0.2, 0.0005)
-    assert "init" not in feat and feat["milestones"] == [3, 6, 9]
+    assert feat["init"] == "./stage1" and feat["milestones"] == [3, 6, 9]  # model_dir is loaded at every stage
     assert feat["lr_factors"] == pytest.approx([0.1, 0.01, 0.001])
     flat = {"dataset": "ImageNet_LT", "lr": 0.3}
     assert reference_config.translate(flat, "x") is flat
@@ -470,6 +470,8 @@ def test_reference_configs_translate_to_flags():
     (lambda c: c["memory"].update(centroids=True), "memory.centroids: OLTR's meta-embedding memory"),
     (lambda c: c["networks"]["classifier"].update(def_file="x/MetaEmbeddingClassifier.py"), "networks.classifier"),
     (lambda c: c["training_opt"].update(sampler={"type": "ClassPrioritySampler"}), "training_opt.sampler.type"),
+    (lambda c: c["training_opt"].pop("num_epochs"), "training_opt.num_epochs is missing"),
+    (lambda c: c.update(endlr=0.001), "endlr: a cosine schedule ending at 0.001"),
 ])
 def test_reference_configs_refuse_what_is_not_implemented(change, message):
     cfg = reference_cfg(False, None)
@@ -485,7 +487,9 @@ def test_reference_config_runs_both_stages(syn_root, tmp_path, monkeypatch):
     for split in ("train", "val", "test"):
         (lists / f"ImageNet_LT_{split}.txt").write_text(open(os.path.join(syn_root, f"ImageNet_LT_{split}.txt")).read())
     monkeypatch.chdir(tmp_path)
-    for name, cfg in (("feat.yaml", reference_cfg(False, None, log_dir="./stage1")),
+    feature = reference_cfg(False, None, log_dir="./stage1")
+    feature["model_dir"] = None  # from scratch (the reference would load ./data otherwise)
+    for name, cfg in (("feat.yaml", feature),
                       ("crt.yaml", reference_cfg(True, {"type": "ClassAwareSampler", "num_samples_cls": 2},
                                                  log_dir="./stage2"))):
         cfg["training_opt"]["backbone"] = "resnet10"
