@@ -9,7 +9,7 @@ with no class is reported as None (the reference code reported 0, which reads li
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,30 +71,38 @@ def summarize_confusion(confusion: np.ndarray, train_counts: Sequence[int] | Non
 
 
 @torch.no_grad()
-def collect_logits(model: torch.nn.Module, batches: Iterable, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass in eval mode: (logits (N, C) float32, labels (N,)) on the model's device, in loader order."""
+def eval_outputs(model: torch.nn.Module, batches: Iterable, amp: bool = False
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass in eval mode, batch by batch: (logits float32, labels) on the model's device. ``amp`` (bf16
+    autocast) applies on CUDA only, as in training. The model's train/eval mode is restored at the end."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    logits, labels = [], []
-    for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits.append(model(x).float())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def collect_features(model: torch.nn.Module, batches: Iterable, amp: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``collect_logits`` plus the features the head ``model.fc`` receives: (features (N, D), logits, labels)."""
-    feats = []
-    hook = model.fc.register_forward_hook(lambda module, inputs, output: feats.append(inputs[0].float()))
     try:
-        logits, labels = collect_logits(model, batches, amp)
+        for x, y in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                logits = model(x).float()
+            yield logits, y
+    finally:
+        model.train(was_training)
+
+
+def collect_logits(model: torch.nn.Module, batches: Iterable, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C), labels (N,)) on the host, in loader order; moved batch by batch, so a large evaluation set
+    (iNaturalist: 8,142 classes) never holds every logit on the device."""
+    pairs = [(z.cpu(), y.cpu()) for z, y in eval_outputs(model, batches, amp)]
+    return torch.cat([z for z, _ in pairs]), torch.cat([y for _, y in pairs])
+
+
+def collect_features(model: torch.nn.Module, batches: Iterable, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) that the head ``model.fc`` receives, labels (N,)) on the host, in loader order."""
+    feats = []
+    hook = model.fc.register_forward_hook(lambda module, inputs, output: feats.append(inputs[0].float().cpu()))
+    try:
+        labels = [y.cpu() for _, y in eval_outputs(model, batches, amp)]
     finally:
         hook.remove()
-    return torch.cat(feats), logits, labels
+    return torch.cat(feats), torch.cat(labels)
 
 
 @torch.no_grad()
@@ -109,15 +117,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
     autocast) applies on CUDA only, as in training.
     Returns top1, top5, loss, per_class, mean_class_acc, macro_f1 and many/medium/few (percent), and ``samples``.
     """
-    was_training = model.training
     distributed.broadcast_buffers(model)  # every process evaluates rank 0's BatchNorm statistics
-    model.eval()
     device = next(model.parameters()).device
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, count
-    for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(x).float()
+    for logits, y in eval_outputs(model, batches, amp):
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         if logit_adjustment is not None:
             logits = logits + logit_adjustment
@@ -126,7 +130,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
         confusion += torch.bincount(y * num_classes + logits.argmax(dim=1), minlength=num_classes * num_classes)
     distributed.all_reduce_sum(confusion)
     distributed.all_reduce_sum(sums)
-    model.train(was_training)
     loss_sum, top5, count = sums.tolist()
     out = summarize_confusion(confusion.view(num_classes, num_classes).cpu().numpy(), train_counts)
     out.update(top5=top5 / max(count, 1) * 100.0, loss=loss_sum / max(count, 1), samples=int(count))

@@ -248,7 +248,7 @@ def final_report(model, splits, args, counts, run: RunLog, title: str) -> dict:
     print_report(run, f"{title} on {split}", metrics)
     run.print(f"  Macro F1 (averaged F-measure): {metrics['macro_f1']:.3f}")
     if args.output_logits:
-        logits, labels = (gather_shards(t.cpu().numpy()) for t in collect_logits(model, loader, args.amp))
+        logits, labels = (gather_shards(t.numpy()) for t in collect_logits(model, loader, args.amp))
         if distributed.is_main():
             atomic_write(os.path.join(args.log_dir, f"logits_{split}.npz"),
                          lambda f: np.savez(f, logits=logits, labels=labels, paths=splits[split].paths))
@@ -339,7 +339,7 @@ def save_features(model, splits, args, run: RunLog) -> dict:
     """--save_feat: {log_dir}/{split}feat_all.npz with feats (N, D), labels and paths, in the split file's order."""
     split = args.save_feat
     loader = eval_loader(splits[split], args, next(model.parameters()).device)
-    feats, _, labels = (gather_shards(t.cpu().numpy()) for t in collect_features(model, loader, args.amp))
+    feats, labels = (gather_shards(t.numpy()) for t in collect_features(model, loader, args.amp))
     path = os.path.join(args.log_dir, f"{split.removesuffix('_plain')}feat_all.npz")
     if distributed.is_main():
         atomic_write(path, lambda f: np.savez(f, feats=feats, labels=labels, paths=splits[split].paths))
