@@ -118,15 +118,22 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         n, c, h, w = x.shape
         s = self.num_splits
+        tracking = self.running_mean is not None
+        momentum = self.momentum
+        if tracking:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative average, as BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
         # (n, c, h, w) -> (n / s, s * c, h, w): channel j * c + k holds channel k of the samples of group j.
-        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        mean = self.running_mean.repeat(s) if tracking else None
+        var = self.running_var.repeat(s) if tracking else None
         weight = None if self.weight is None else self.weight.repeat(s)
         bias = None if self.bias is None else self.bias.repeat(s)
-        out = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, weight, bias, True, self.momentum, self.eps)
-        with torch.no_grad():
-            self.running_mean.copy_(mean.view(s, c).mean(0))
-            self.running_var.copy_(var.view(s, c).mean(0))
-            self.num_batches_tracked.add_(1)
+        out = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, weight, bias, True, momentum or 0.0, self.eps)
+        if tracking:
+            with torch.no_grad():
+                self.running_mean.copy_(mean.view(s, c).mean(0))
+                self.running_var.copy_(var.view(s, c).mean(0))
         return out.view(n, c, h, w)
 
 
@@ -135,7 +142,10 @@ def split_batchnorm_(module: nn.Module, num_splits: int) -> nn.Module:
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
             split = SplitBatchNorm2d(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
-                                     affine=child.affine).to(child.running_mean.device)
+                                     affine=child.affine, track_running_stats=child.track_running_stats)
+            tensors = [*child.parameters(), *child.buffers()]
+            if tensors:
+                split = split.to(tensors[0].device)
             split.load_state_dict(child.state_dict())
             setattr(module, name, split)
         else:

@@ -288,6 +288,23 @@ def test_split_batchnorm_normalises_each_interleaved_group_on_its_own():
     torch.testing.assert_close(bn.eval()(x), plain.eval()(x))
 
 
+def test_split_batchnorm_cumulative_average_and_no_running_stats():
+    from engine.moco import SplitBatchNorm2d, split_batchnorm_
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    bn = SplitBatchNorm2d(3, num_splits=2, momentum=None)  # running stats = plain average over batches
+    bn(x)
+    bn(2 * x)
+    group_mean = lambda t: torch.stack([t[j::2].mean((0, 2, 3)) for j in range(2)]).mean(0)  # noqa: E731
+    torch.testing.assert_close(bn.running_mean, (group_mean(x) + group_mean(2 * x)) / 2, rtol=1e-5, atol=1e-6)
+    assert bn.num_batches_tracked.item() == 2
+    plain = split_batchnorm_(nn.Sequential(nn.BatchNorm2d(3, affine=False, track_running_stats=False)), 2)[0]
+    assert isinstance(plain, SplitBatchNorm2d) and plain.running_mean is None
+    out = plain(x)
+    expect = (x[1::2] - x[1::2].mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+        x[1::2].var((0, 2, 3), unbiased=False, keepdim=True) + plain.eps)
+    torch.testing.assert_close(out[1::2], expect, rtol=1e-4, atol=1e-5)
+
+
 def test_split_batchnorm_makes_the_key_permutation_matter():
     from engine.moco import SplitBatchNorm2d, split_batchnorm_
     model = split_batchnorm_(models.build_model("resnet20", 10), 4)
