@@ -176,15 +176,18 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def run_name_fields(args: argparse.Namespace) -> tuple[str, ...]:
+    """The reference's run-name fields: no long-tail fields for the image-list data sets (reproduce.py uses it)."""
+    long_tail = ("imb_type", "imb_factor") if SOURCES[args.dataset].in_memory else ()
+    return ("dataset", "arch", "loss_type", "train_rule", *long_tail, "exp_str")
+
+
 def main(argv=None):
     args = config.parse(build_parser(), argv, resolve_defaults)
     data = SOURCES[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
-    # The reference's run names: no long-tail fields for the image-list data sets.
-    fields = ("dataset", "arch", "loss_type", "train_rule", *(("imb_type", "imb_factor") if data.in_memory else ()),
-              "exp_str")
     return run_classification(args, spec, rotation_train_set(data.train(args)), rotated_test_set(data.test(args)),
-                              store_name(args, fields), batch_transform=Rotate())
+                              store_name(args, run_name_fields(args)), batch_transform=Rotate())
 
 
 if __name__ == "__main__":

@@ -84,7 +84,9 @@ def from_decoupled_layout(ckpt):
     if not (isinstance(nets, dict) and {"feat_model", "classifier"} <= set(nets)):
         return ckpt
     merged = {**strip_prefix(nets["feat_model"], "module."), **strip_prefix(nets["classifier"], "module.")}
-    return {"state_dict": merged, "best_acc1": ckpt.get("best_acc"), "source_layout": "decoupled"}
+    best = ckpt.get("best_acc")  # a fraction there, a percentage here
+    return {"state_dict": merged, "best_acc1": None if best is None else 100.0 * float(best),
+            "source_layout": "decoupled"}
 
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:

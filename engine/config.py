@@ -118,7 +118,7 @@ def boolean(text: str) -> bool:
     """argparse type of a flag that also takes a value, as the reference's ``--flag True``: true/false, 1/0, yes/no."""
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(text).lower())
     if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        raise ValueError(f"expected true or false, got {text!r}")
     return value
 
 

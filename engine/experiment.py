@@ -84,6 +84,21 @@ def print_report(run: RunLog, title: str, metrics: dict) -> None:
                                                               for a in metrics["per_class"]]), precision=3))
 
 
+def check_trained_loss(args: argparse.Namespace, ckpt: dict) -> None:
+    """With -e and a target-prior correction (--posthoc, --shifted_eval), the correction depends on the loss the
+    model was trained with (how much of log pi_s it absorbed): refuse flags that disagree with the checkpoint's."""
+    trained = ckpt.get("args") or {}
+    if "loss_type" not in trained or (getattr(args, "posthoc", "none") == "none"
+                                      and not getattr(args, "shifted_eval", False)):
+        return
+    mine = losses.trained_prior_scale(args.loss_type, args.tau)
+    theirs = losses.trained_prior_scale(trained["loss_type"], float(trained.get("tau", 1.0)))
+    if mine != theirs:
+        raise ValueError(f"--resume {args.resume!r} was trained with --loss_type {trained['loss_type']} --tau "
+                         f"{trained.get('tau', 1.0)}; the prior correction needs the same flags (given: --loss_type "
+                         f"{args.loss_type} --tau {args.tau})")
+
+
 def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, test_set, name: str,
                        batch_transform: Callable | None = None) -> dict:
     """Train (or with -e evaluate) a classifier of ``train_set``; returns the summary or the evaluation.
@@ -94,6 +109,8 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     device = start_process(args)
     resume = load_checkpoint(args.resume) if args.resume else None
     seed = seed_run(args, resume, device)
+    if args.evaluate:
+        check_trained_loss(args, resume)
     cls_num_list = train_set.get_cls_num_list()
     model = build_classifier(args, spec.num_classes, device)
     test_loader = make_loader(test_set, spec, args, device, train=False)

@@ -128,7 +128,7 @@ def run_shifted_eval(model: torch.nn.Module, test_loader: Iterable, cls_num_list
     logits, labels = collect_logits(model, test_loader, amp)
     scale = losses.trained_prior_scale(loss_type, tau)
     rows = shifted_evaluation(logits, labels, cls_num_list, scale, seed)
-    source = {0.0: " - log pi_s", 1.0: ""}.get(scale, f" - {1.0 - scale:g} log pi_s")
+    source = {0.0: " - log pi_s", 1.0: ""}.get(scale, f" - ({1.0 - scale:g}) log pi_s")
     run.print(f"Shifted test label distributions (seed {seed}; +prior: target-prior correction, "
               f"z + log pi_t{source}):")
     run.print(format_table(rows))

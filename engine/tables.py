@@ -108,13 +108,18 @@ RESERVED = {"seed", "rand_number", "exp_str", "root_log", "root_model", "config"
             "output_dir", "output_filename"}
 
 
+def script_hook(script: str, name: str) -> Callable | None:
+    """Function ``name`` of ``script``'s module (``build_parser``, ``fill_defaults``, ``run_name_fields``); None
+    when the script is not in this checkout or does not define it."""
+    if not (REPO_ROOT / script).is_file():
+        return None
+    return getattr(importlib.import_module(Path(script).stem), name, None)
+
+
 def script_parser(script: str) -> argparse.ArgumentParser | None:
     """A fresh parser of ``script`` (its module's ``build_parser()``); None when the script is not in this
     checkout or has no ``build_parser``."""
-    if not (REPO_ROOT / script).is_file():
-        return None
-    module = importlib.import_module(Path(script).stem)
-    build = getattr(module, "build_parser", None)
+    build = script_hook(script, "build_parser")
     return build() if build is not None else None
 
 
@@ -517,7 +522,7 @@ def _values(script: str, config: str | None, argv: list[str], flags: dict, parse
     """The stage's flag values: parsed (and validated) by the script's parser, else the spec's own."""
     if parser is not None:
         args = _parse(_raising(parser, where), argv, where)
-        fill = getattr(importlib.import_module(Path(script).stem), "fill_defaults", None)
+        fill = script_hook(script, "fill_defaults")
         if fill is not None:  # defaults that depend on other flags (pretrain_rot.py: -a by --dataset)
             fill(args)
         if SCRIPTS[script].trains:
@@ -534,11 +539,13 @@ def _outputs(script: str, folder: str, values: dict, where: str) -> dict[str, st
     info = SCRIPTS[script]
     if info.store_fields is None:
         return {"file": os.path.join(folder, info.output_file)}
-    missing = [f for f in info.store_fields if f not in values]
+    name_fields = script_hook(script, "run_name_fields")  # run names that depend on flags (pretrain_rot.py)
+    fields = info.store_fields if name_fields is None else name_fields(argparse.Namespace(**values))
+    missing = [f for f in fields if f not in values]
     if missing:
         raise TableError(f"{where}: {script} is not in this checkout, so the run name needs {missing[0]!r} set "
                          "explicitly in the spec")
-    store = "_".join(str(values[f]) for f in info.store_fields)
+    store = "_".join(str(values[f]) for f in fields)
     log_dir, ckpt_dir = os.path.join(folder, "log", store), os.path.join(folder, "ckpt", store)
     return {"final": os.path.join(log_dir, "final.json"), "checkpoint": os.path.join(ckpt_dir, "ckpt.pth.tar"),
             "best_checkpoint": os.path.join(ckpt_dir, "ckpt.best.pth.tar"), "log_dir": log_dir, "ckpt_dir": ckpt_dir}

@@ -155,6 +155,11 @@ def test_flag_dependent_defaults_reach_the_run_names():
     plan = tables.expand(dataclasses.replace(table, defaults={}), [0], out="out")
     pretrain = next(job for job in plan.jobs if job.script == "pretrain_rot.py")
     assert "_resnet32_CE_None_exp_" in pretrain.outputs["checkpoint"]
+    # and so do flag-dependent run names: image-list data sets have no long-tail fields
+    argv = ["--dataset", "imagenet", "--list_file", __file__, "--val_list_file", __file__]
+    values = tables._values("pretrain_rot.py", None, argv, {}, tables.script_parser("pretrain_rot.py"), "here", ())
+    outputs = tables._outputs("pretrain_rot.py", "run", values, "here")
+    assert outputs["checkpoint"] == os.path.join("run", "ckpt", "imagenet_resnet50_CE_None_pretrain_rot", "ckpt.pth.tar")
 
 
 def test_semi_pipeline_order_paths_and_sharing():

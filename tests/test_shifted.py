@@ -134,6 +134,10 @@ def test_train_then_shifted_eval_writes_csv_and_json(cifar100_root, tmp_path):
     assert [r["distribution"] for r in csv.DictReader(open(log_dir / "shifted_eval.csv"))] == ORDER
     again = train.main(common + ["-e", "--resume", str(ckpt), "--shifted_eval", "--shifted_seed", "3"])["shifted"]
     assert again == rows  # deterministic for a seed
+    # The correction depends on the training loss: flags that disagree with the checkpoint are refused.
+    ce = [a if a != "LADE" else "CE" for a in common]
+    with pytest.raises(ValueError, match="was trained with --loss_type LADE"):
+        train.main(ce + ["-e", "--resume", str(ckpt), "--shifted_eval"])
 
 
 def test_shifted_eval_refuses_posthoc():
