@@ -2,8 +2,9 @@
 
 * ``DeviceLoader``: the whole uint8 dataset lives on the device (CIFAR, SVHN and their unlabeled sets are
   a few hundred MB at most). Each epoch draws its order (a permutation, or class-balanced sampling with
-  replacement), crop offsets and flips on the device in three kernels; each batch is one gather plus the
-  normalisation. No worker processes, no host-to-device copies, no per-batch host synchronisation.
+  replacement), crop offsets and flips on the device in three kernels and crops the whole epoch in one gather
+  (uint8, 3 KB per CIFAR image); each batch is a slice plus the normalisation. No worker processes, no
+  host-to-device copies, no per-batch host synchronisation.
 * ``TorchLoader``: a ``torch.utils.data.DataLoader`` over a torchvision-style dataset (PIL transforms in
   worker processes), for data that does not fit on the device (ImageNet-LT, iNaturalist) and as the
   reference pipeline of the seed repository.
@@ -81,16 +82,15 @@ class DeviceLoader:
         return order[shard], offsets[shard], flips[shard]
 
     def __iter__(self):
+        # The epoch's images are cropped and flipped (or, for evaluation, gathered) in one kernel, uint8, before
+        # the first step; a step then only slices it and normalises the slice.
         order, offsets, flips = self._epoch_plan()
+        images = crop_flip(self.images, order, offsets, flips, self.size) if self.train else self.images[order]
+        labels = self.labels[order]
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = order[sl]
-            if self.train:
-                x = crop_flip(self.images, idx, offsets[sl], flips[sl], self.size)
-            else:
-                x = self.images[idx]
-            x = normalize(x, self.mean255, self.std255).contiguous(memory_format=self.memory_format)
-            yield x, self.labels[idx]
+            x = normalize(images[sl], self.mean255, self.std255).contiguous(memory_format=self.memory_format)
+            yield x, labels[sl]
 
 
 class TorchLoader:

@@ -72,6 +72,20 @@ def test_device_loader_epoch_covers_each_image_once():
     assert shapes[0] == (4, 3, 8, 8) and shapes[-1] == (2, 3, 8, 8)
 
 
+def test_device_loader_batches_are_the_epoch_plan_cropped_batch_by_batch():
+    # The whole-epoch crop must give, batch for batch, crop_flip of that batch's share of the epoch's plan.
+    imgs, labels = _images(10), np.arange(10)
+    loader = _loader(imgs, labels, seed=7)
+    loader.set_epoch(2)
+    order, offsets, flips = loader._epoch_plan()
+    mean255, std255 = augment.normalization((0.5,) * 3, (0.5,) * 3, "cpu")
+    for b, (x, y) in enumerate(loader):
+        sl = slice(4 * b, 4 * b + 4)
+        expected = augment.normalize(augment.crop_flip(loader.images, order[sl], offsets[sl], flips[sl], 8),
+                                     mean255, std255)
+        assert torch.equal(x, expected) and torch.equal(y, torch.as_tensor(labels)[order[sl]])
+
+
 def test_device_loader_is_deterministic_per_epoch_and_differs_across_epochs():
     imgs, labels = _images(10), np.arange(10)
     a, b = _loader(imgs, labels, seed=3), _loader(imgs, labels, seed=3)
