@@ -91,22 +91,29 @@ def rotation_train_set(train_set):
 
 
 class RotatedDataset(Dataset):
-    """Item k * N + i: item i of ``base`` (a (C, H, W) tensor, square) rotated by k * 90 degrees CCW, label k."""
+    """Item 4 * i + k: item i of ``base`` (a (C, H, W) tensor, square) rotated by k * 90 degrees CCW, label k.
+
+    The four rotations of an image are consecutive, and the last image read is kept, so each file is decoded
+    once per pass (a DataLoader worker reads whole batches of consecutive items)."""
 
     def __init__(self, base: Dataset):
         self.base = base
-        self.targets = np.repeat(np.arange(4), len(base)).tolist()
+        self.targets = np.tile(np.arange(4), len(base)).tolist()
+        self._last = (-1, None)
 
     def __len__(self) -> int:
         return 4 * len(self.base)
 
     def __getitem__(self, index: int):
-        k, i = divmod(index, len(self.base))
-        return torch.rot90(self.base[i][0], k, dims=(1, 2)), k
+        i, k = divmod(index, 4)
+        if self._last[0] != i:
+            self._last = (i, self.base[i][0])
+        return torch.rot90(self._last[1], k, dims=(1, 2)), k
 
 
 def rotated_test_set(test_set):
-    """Every test image under the four rotations: image k * N + i is image i rotated by k * 90 degrees CCW."""
+    """Every test image under the four rotations: for arrays, image k * N + i is image i rotated by k * 90 degrees
+    CCW; for image files, ``RotatedDataset`` (item 4 * i + k)."""
     if not hasattr(test_set, "data"):
         return RotatedDataset(test_set)
     data = np.concatenate([np.rot90(test_set.data, k, axes=(1, 2)) for k in range(4)])

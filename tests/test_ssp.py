@@ -197,14 +197,24 @@ def test_imagenet_rotation_pretraining_on_image_files(tmp_path):
     assert ckpt["state_dict"]["fc.weight"].shape[0] == 4
 
 
-def test_rotated_image_file_set_rotates_each_item():
-    base = [(torch.arange(12.0).view(1, 3, 4)[:, :, :3], 7), (torch.ones(1, 3, 3), 9)]
-    rotated = pretrain_rot.RotatedDataset(base)
-    assert len(rotated) == 8 and rotated.targets == [0, 0, 1, 1, 2, 2, 3, 3]
-    image, k = rotated[5]  # k = 2, image 1
-    assert k == 2 and torch.equal(image, torch.rot90(base[1][0], 2, dims=(1, 2)))
-    image, k = rotated[2]
-    assert k == 1 and torch.equal(image, torch.rot90(base[0][0], 1, dims=(1, 2)))
+def test_rotated_image_file_set_rotates_each_item_and_reads_each_image_once():
+    images = [torch.arange(9.0).view(1, 3, 3), torch.ones(1, 3, 3)]
+    reads = []
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return images[i], 7
+
+    rotated = pretrain_rot.RotatedDataset(Files())
+    assert len(rotated) == 8 and rotated.targets == [0, 1, 2, 3, 0, 1, 2, 3]
+    items = [rotated[j] for j in range(8)]
+    for j, (image, k) in enumerate(items):  # item 4 i + k: image i rotated by k * 90 degrees
+        assert k == j % 4 and torch.equal(image, torch.rot90(images[j // 4], k, dims=(1, 2)))
+    assert reads == [0, 1]
 
 
 @pytest.mark.parametrize("extra, message", [
