@@ -37,6 +37,7 @@ import imbalance_svhn
 from engine import safe_pickle
 from engine.augment import normalization, normalize
 from engine.checkpoint import atomic_write
+from engine.metrics import eval_outputs
 
 # dataset -> (unlabeled sources the flag may name, the default one; None: the dataset has a single pool)
 SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -124,19 +125,20 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean: Sequence[float], s
             batch_size: int, progress: bool = True, logit_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Argmax prediction (int64) and max-softmax confidence (float32) of every image, in order.
 
-    Batches of ``batch_size`` uint8 images are copied to the model's device and normalised there; results
-    stay on the device until the end (one host synchronisation). ``logit_scale`` multiplies the logits before
+    Batches of ``batch_size`` uint8 images are copied to the model's device and normalised there (the pool may
+    not fit on the device); results stay on the device until the end (one host synchronisation). The forward
+    pass is the evaluation's (``engine.metrics.eval_outputs``). ``logit_scale`` multiplies the logits before
     the softmax: LDAM's s for a cosine head, whose raw cosines would give near-uniform confidences.
     """
-    model.eval()
     device = next(model.parameters()).device
     mean255, std255 = normalization(mean, std, device)
+    starts = tqdm(range(0, len(images), batch_size), desc="pseudo-labelling", disable=not progress,
+                  dynamic_ncols=True)
+    batches = ((normalize(torch.from_numpy(images[s:s + batch_size]).to(device, non_blocking=True)
+                          .permute(0, 3, 1, 2), mean255, std255), None) for s in starts)
     predictions, confidences = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="pseudo-labelling", disable=not progress,
-                      dynamic_ncols=True):
-        x = torch.from_numpy(images[start:start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        logits = model(normalize(x, mean255, std255)).float() * logit_scale
-        confidence, prediction = logits.softmax(dim=1).max(dim=1)
+    for logits, _ in eval_outputs(model, batches):
+        confidence, prediction = (logits * logit_scale).softmax(dim=1).max(dim=1)
         predictions.append(prediction)
         confidences.append(confidence)
     if not predictions:
