@@ -145,8 +145,6 @@ class PriorAdjustedCE(WeightedLoss):
     Class weights (train rules) apply to this CE as to ``CrossEntropy``.
     """
 
-    prior_adjusted = True
-
     @staticmethod
     def prior_scale(tau: float) -> float:
         return 1.0
@@ -226,7 +224,7 @@ class LADELoss(PriorAdjustedCE):
 
 def is_prior_adjusted(loss_type: str) -> bool:
     """Whether ``--loss_type`` trains through the source prior (LA, BalancedSoftmax, LADE)."""
-    return getattr(LOSSES[loss_type], "prior_adjusted", False)
+    return hasattr(LOSSES[loss_type], "prior_scale")
 
 
 def trained_prior_scale(loss_type: str, tau: float = 1.0) -> float:

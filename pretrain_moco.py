@@ -31,7 +31,7 @@ from engine.experiment import seed_run, start_process, store_name
 from engine.loaders import TorchLoader
 from engine.moco import AUGMENTATIONS, MocoStep, MocoTrainer, TwoCropsTransform, build_moco
 from engine.runlog import RunLog
-from imagenet_inat.datasets import LT_DATASETS, ListDataset
+from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, reference_split_file
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,11 @@ def _lt_dataset(name):
 def _list_source(name):
     """ImageNet-LT / iNaturalist 2018: the reference's default list imagenet_inat/data/{name}/{train file}."""
     spec = LT_DATASETS[name]
-    return MocoData("resnet50", 224, spec.mean, spec.std, os.path.join("imagenet_inat", "data", name,
-                                                                       spec.splits["train"]), _list_dataset)
+    return MocoData("resnet50", 224, spec.mean, spec.std, reference_split_file(name, "train"), _list_dataset)
 
 
 MOCO_DATA = {
-    "imagenet": _list_source("ImageNet_LT"),
-    "inat": _list_source("iNaturalist18"),
+    **{flag: _list_source(name) for flag, name in REFERENCE_NAMES.items()},
     **{name: MocoData("resnet32", 32, DATASETS[name].mean, DATASETS[name].std, None, _lt_dataset(name))
        for name in ("cifar10", "cifar100")},
 }

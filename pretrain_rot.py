@@ -41,10 +41,10 @@ from torch.utils.data import Dataset
 
 from engine import config
 from engine.augment import rotate_batch
-from engine.data import DATASETS, DatasetSpec
+from engine.data import DATASETS, DatasetSpec, check_loader
 from engine.experiment import run_classification, store_name
 from engine.samplers import epoch_seed
-from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform
+from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, list_transform, reference_split_file
 from imbalance_cifar import ImageArrayDataset
 
 ROTATIONS = ("0", "90", "180", "270")  # class k = k * 90 degrees counter-clockwise
@@ -120,9 +120,10 @@ def rotated_test_set(test_set):
     return ImageArrayDataset(data, np.repeat(np.arange(4), len(test_set.data)), ROTATIONS)
 
 
-def list_file(args: argparse.Namespace, name: str, split: str) -> str:
+def list_file(args: argparse.Namespace, split: str) -> str:
+    """--list_file (train) / --val_list_file (val), else the reference's split file of --dataset."""
     given = args.list_file if split == "train" else args.val_list_file
-    return given or os.path.join("imagenet_inat", "data", name, LT_DATASETS[name].splits[split])
+    return given or reference_split_file(REFERENCE_NAMES[args.dataset], split)
 
 
 def list_source(name: str) -> DatasetSpec:
@@ -130,14 +131,13 @@ def list_source(name: str) -> DatasetSpec:
     lt = LT_DATASETS[name]
 
     def build(split: str):
-        return lambda a: ListDataset(a.data_path, list_file(a, name, split),
+        return lambda a: ListDataset(a.data_path, list_file(a, split),
                                      list_transform(lt, split == "train", a.crop_size, a.resize_size),
                                      decode="tensor")
     return DatasetSpec(lt.num_classes, lt.mean, lt.std, train=build("train"), test=build("val"), in_memory=False)
 
 
-SOURCES: dict[str, DatasetSpec] = {**DATASETS, "imagenet": list_source("ImageNet_LT"),
-                                   "inat": list_source("iNaturalist18")}
+SOURCES: dict[str, DatasetSpec] = {**DATASETS, **{flag: list_source(name) for flag, name in REFERENCE_NAMES.items()}}
 LIST_DEFAULTS = {"arch": "resnet50", "loader": "torch", "eval_batch_size": 256}
 ARRAY_DEFAULTS = {"arch": "resnet32", "loader": "device", "eval_batch_size": 1000}
 
@@ -171,14 +171,12 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """``fill_defaults``, then the checks (common ones, and the split files of image-list data)."""
     fill_defaults(args)
     config.validate_common(args)
+    check_loader(SOURCES[args.dataset], args)
     if SOURCES[args.dataset].in_memory:
         return args
-    if args.loader != "torch":
-        raise ValueError(f"--loader {args.loader}: --dataset {args.dataset} is read from image files; use --loader torch")
-    name = "ImageNet_LT" if args.dataset == "imagenet" else "iNaturalist18"
     for flag, split in (("--list_file", "train"), ("--val_list_file", "val")):
-        if not os.path.isfile(list_file(args, name, split)):
-            raise ValueError(f"{flag}: no split file {list_file(args, name, split)!r} for --dataset {args.dataset}: "
+        if not os.path.isfile(list_file(args, split)):
+            raise ValueError(f"{flag}: no split file {list_file(args, split)!r} for --dataset {args.dataset}: "
                              "get the ImageNet-LT / iNaturalist 2018 lists (imagenet_inat/README.md) or pass the path")
     return args
 

@@ -85,8 +85,7 @@ def from_decoupled_layout(ckpt):
         return ckpt
     merged = {**strip_prefix(nets["feat_model"], "module."), **strip_prefix(nets["classifier"], "module.")}
     best = ckpt.get("best_acc")  # a fraction there, a percentage here
-    return {"state_dict": merged, "best_acc1": None if best is None else 100.0 * float(best),
-            "source_layout": "decoupled"}
+    return {"state_dict": merged, "best_acc1": None if best is None else 100.0 * float(best)}
 
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:

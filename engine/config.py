@@ -95,7 +95,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--posthoc", default="none", choices=["none", *sorted(losses.POSTHOC)],
                    help="correction added to the logits at evaluation: la = -tau*log(pi_s) (Menon et al.); "
-                        "pc = PC softmax, log(pi_t) - log(pi_s) (log(pi_t) alone for LA/BalancedSoftmax/LADE)")
+                        "pc = PC softmax, log(pi_t) - log(pi_s), or log(pi_t) - (1 - s)*log(pi_s) for a loss that "
+                        "added s*log(pi_s) in training (LA: s = tau; BalancedSoftmax, LADE: s = 1)")
     g.add_argument("--target_prior", type=float, nargs="*", default=[],
                    help="--posthoc pc: the test label distribution pi_t as C counts or probabilities "
                         "(default: uniform)")

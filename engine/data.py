@@ -71,16 +71,20 @@ def torch_transforms(spec: DatasetSpec, train: bool):
     return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *tail] if train else tail)
 
 
+def check_loader(spec: DatasetSpec, args: argparse.Namespace) -> None:
+    """Image-file data sets are read by DataLoader workers: refuse ``--loader device`` for them."""
+    if getattr(args, "loader", "device") == "device" and not spec.in_memory:
+        raise ValueError(f"--loader device: --dataset {args.dataset} is read from image files by DataLoader "
+                         "workers; use --loader torch")
+
+
 def make_loader(dataset, spec: DatasetSpec, args: argparse.Namespace, device: torch.device, train: bool,
                 sample_weights: np.ndarray | None = None, seed: int = 0):
     """A ``DeviceLoader`` (``--loader device``) or ``TorchLoader`` (``--loader torch``) over ``dataset``."""
+    check_loader(spec, args)
     batch = distributed.per_process_batch(args.batch_size) if train else args.eval_batch_size
     channels_last = getattr(args, "channels_last", False)
-    loader = getattr(args, "loader", "device")
-    if loader == "device":
-        if not spec.in_memory:
-            raise ValueError(f"--loader device: --dataset {args.dataset} is read from image files by DataLoader "
-                             "workers; use --loader torch")
+    if getattr(args, "loader", "device") == "device":
         return DeviceLoader(dataset.data, dataset.targets, batch_size=batch, device=device, mean=spec.mean,
                             std=spec.std, train=train, sample_weights=sample_weights, seed=seed,
                             channels_last=channels_last)

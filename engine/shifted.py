@@ -14,8 +14,8 @@ No count ever exceeds n_max, so no subset asks for more images than exist.
 
 The model runs once over the whole test set; every subset is scored from the stored logits, twice:
 ``plain`` (argmax z) and ``prior`` (target-prior correction, losses.posthoc_adjustment('pc') with pi_t the
-subset's label distribution: z - log pi_s + log pi_t, or z + log pi_t for a prior-adjusted loss such as
-LADE). Results: a console table and ``shifted_eval.csv`` / ``shifted_eval.json`` in the run's log folder.
+subset's label distribution: z - log pi_s + log pi_t, or z + log pi_t - (1 - s) log pi_s for a loss that
+added s log pi_s in training, e.g. z + log pi_t for LADE). Results: a console table and ``shifted_eval.csv`` / ``shifted_eval.json`` in the run's log folder.
 """
 from __future__ import annotations
 

@@ -53,6 +53,15 @@ LT_DATASETS: dict[str, ListSpec] = {
 }
 
 
+# The reference scripts' --dataset names (pretrain_rot.py, pretrain_moco.py) for these data sets.
+REFERENCE_NAMES = {"imagenet": "ImageNet_LT", "inat": "iNaturalist18"}
+
+
+def reference_split_file(name: str, split: str) -> str:
+    """Where the reference code keeps the split files: imagenet_inat/data/{name}/{file}, relative to the repo."""
+    return os.path.join("imagenet_inat", "data", name, LT_DATASETS[name].splits[split])
+
+
 def read_split_file(path: str) -> tuple[list[str], np.ndarray]:
     """Parse a split file into (relative paths, int64 labels); errors name the file and the line."""
     if not os.path.isfile(path):

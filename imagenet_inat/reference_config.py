@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from imagenet_inat.datasets import LT_DATASETS
+from imagenet_inat.datasets import LT_DATASETS, reference_split_file
 
 SAMPLERS = {"ClassAwareSampler": "class_aware"}
 CLASSIFIERS = ("DotProductClassifier.py",)
@@ -93,5 +93,5 @@ def translate(cfg: dict, path: str) -> dict:
         flat["init"] = cfg["model_dir"]
     for split, name in LT_DATASETS[dataset].splits.items():
         if name is not None:
-            flat[f"{split}_split"] = os.path.join(".", "imagenet_inat", "data", dataset, name)
+            flat[f"{split}_split"] = os.path.join(".", reference_split_file(dataset, split))
     return flat
