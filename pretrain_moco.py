@@ -29,7 +29,10 @@ from engine.checkpoint import load_checkpoint, strip_prefix
 from engine.data import DATASETS
 from engine.experiment import seed_run, start_process, store_name
 from engine.loaders import TorchLoader
-from engine.moco import AUGMENTATIONS, MocoStep, MocoTrainer, TwoCropsTransform, build_moco
+from engine.methods import MoCoMethod
+from engine.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
+from engine.schedules import lr_at
+from engine.trainer import LoopConfig, Trainer
 from engine.runlog import RunLog
 from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, reference_split_file
 
@@ -187,8 +190,9 @@ def main(argv=None) -> torch.nn.Module:
                                                                       "exp_str")
     run = RunLog(os.path.join(args.root_log, store_name(args, fields)), dict(config.args_to_dict(args), seed=seed))
     meta = {"arch": args.arch, "seed": seed, "args": config.args_to_dict(args)}
-    trainer = MocoTrainer(model, optimizer, loader, MocoStep(model), args, run,
-                          os.path.join(args.root_path, args.dataset, "checkpoint"), meta, save_every=args.print_freq)
+    trainer = Trainer(MoCoMethod(moco, net=model), optimizer, loader, lambda epoch: lr_at(args, epoch),
+                      LoopConfig(args.epochs, args.start_epoch, args.print_freq, save_every=args.print_freq), run,
+                      os.path.join(args.root_path, args.dataset, "checkpoint"), meta)
     if resume is not None:
         trainer.restore(resume)
         run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")

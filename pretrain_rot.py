@@ -40,45 +40,11 @@ import torch
 from torch.utils.data import Dataset
 
 from engine import config
-from engine.augment import rotate_batch
 from engine.data import DATASETS, DatasetSpec, check_loader
 from engine.experiment import run_classification, store_name
-from engine.samplers import epoch_seed
+from engine.methods import ROTATIONS, RotationPrediction
 from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, list_transform, reference_split_file
 from imbalance_cifar import ImageArrayDataset
-
-ROTATIONS = ("0", "90", "180", "270")  # class k = k * 90 degrees counter-clockwise
-
-
-def rotation_labels(batch_size: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The first B of a random permutation of [0, 1, 2, 3] repeated ceil(B/4) + 1 times (upstream's draw).
-
-    Each label appears between ceil(B/4) + 1 - (4 * (ceil(B/4) + 1) - B) and ceil(B/4) + 1 times.
-    """
-    pool = torch.arange(4, device=device).repeat(-(-batch_size // 4) + 1)
-    return pool[torch.randperm(len(pool), device=device, generator=generator)[:batch_size]]
-
-
-class Rotate:
-    """Batch transform: (images, class labels) -> (image i rotated by k_i * 90 degrees CCW, k).
-
-    Labels come from a generator re-seeded from (run seed, epoch) at each epoch, so a resumed run draws the
-    rotations of an unbroken one (the run seed is torch's, set by engine.experiment.seed_everything).
-    """
-
-    def __init__(self):
-        self.epoch, self.generator = 0, None
-
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.generator = epoch, None
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.generator is None:
-            self.generator = torch.Generator(device=x.device)
-            self.generator.manual_seed(epoch_seed(torch.initial_seed(), self.epoch))
-        k = rotation_labels(x.shape[0], x.device, self.generator)
-        return rotate_batch(x, k), k
-
 
 def rotation_train_set(train_set):
     """The training images as a 4-class set. Targets i mod 4 stand for a balanced rotation assignment (the
@@ -192,7 +158,7 @@ def main(argv=None):
     data = SOURCES[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
     return run_classification(args, spec, rotation_train_set(data.train(args)), rotated_test_set(data.test(args)),
-                              store_name(args, run_name_fields(args)), batch_transform=Rotate())
+                              store_name(args, run_name_fields(args)), RotationPrediction)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from engine.config import resolve_device  # noqa: E402
-from engine.trainer import ClassificationStep, Trainer  # noqa: E402
+from engine.methods import Classification  # noqa: E402
+from engine.trainer import LoopConfig, Trainer  # noqa: E402
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform  # noqa: E402
 from imagenet_inat.main import train_loader  # noqa: E402
 from imagenet_inat.synthetic import class_image  # noqa: E402
@@ -78,9 +79,8 @@ def run(args) -> dict:
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    step = ClassificationStep(model, torch.nn.CrossEntropyLoss())
-    loop = SimpleNamespace(lr=0.01, epochs=2, warmup_epochs=0, lr_schedule="cosine", print_freq=10 ** 9,
-                           start_epoch=0, amp=args.amp)
+    method = Classification(model, torch.nn.CrossEntropyLoss(), amp=args.amp)
+    loop = LoopConfig(epochs=2, print_freq=10 ** 9)
     with tempfile.TemporaryDirectory() as folder:
         split = write_images(folder, args.images, args.size, args.batch * args.steps)
         dataset = ListDataset(folder, split, list_transform(LT_DATASETS["ImageNet_LT"], True, args.size),
@@ -88,10 +88,12 @@ def run(args) -> dict:
         cfg = SimpleNamespace(sampler="instance", samples_per_class=4, batch_size=args.batch, workers=args.workers,
                               channels_last=args.channels_last)
         loader = train_loader(dataset, cfg, device, seed=0)
-        loading = images_per_second(Trainer(model, optimizer, loader, step, loop, None, None, {}), args.batch)
+        loading = images_per_second(Trainer(method, optimizer, loader, lambda epoch: 0.01, loop, None, None, {}),
+                                    args.batch)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory)
     y = torch.randint(0, CLASSES, (args.batch,), device=device)
-    compute = images_per_second(Trainer(model, optimizer, FixedBatches(x, y, args.steps), step, loop, None, None, {}),
+    compute = images_per_second(Trainer(method, optimizer, FixedBatches(x, y, args.steps), lambda epoch: 0.01, loop, None,
+                                        None, {}),
                                 args.batch)
     result = {"arch": args.arch, "batch": args.batch, "size": args.size, "device": str(device),
               "workers": args.workers, "amp": args.amp, "channels_last": args.channels_last,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -24,7 +22,9 @@ from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
 from engine.shifted import run_shifted_eval
-from engine.trainer import ClassificationStep, Trainer
+from engine.methods import Classification
+from engine.schedules import lr_at
+from engine.trainer import LoopConfig, Trainer
 
 
 def store_name(args: argparse.Namespace, fields=("dataset", "arch", "loss_type", "train_rule", "imb_type",
@@ -100,10 +100,10 @@ def check_trained_loss(args: argparse.Namespace, ckpt: dict) -> None:
 
 
 def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, test_set, name: str,
-                       batch_transform: Callable | None = None) -> dict:
+                       method_class: type[Classification] = Classification) -> dict:
     """Train (or with -e evaluate) a classifier of ``train_set``; returns the summary or the evaluation.
 
-    ``batch_transform(x, y) -> (x, y)`` lets a pretext task (rotation prediction) replace the batches.
+    ``method_class``: ``Classification`` or a subclass (``RotationPrediction`` replaces the batches).
     Under torchrun every process uses rank 0's seed and the model is wrapped in DistributedDataParallel.
     """
     device = start_process(args)
@@ -142,13 +142,14 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
                                 weight_decay=args.weight_decay)
     train_loader = make_loader(train_set, spec, args, device, train=True, seed=seed,
                                sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
-    step = ClassificationStep(distributed.wrap_ddp(model, device), criterion, rule, batch_transform,
-                              compile_mode=args.compile_mode if args.compile else None)
+    method = method_class(model, criterion, rule, net=distributed.wrap_ddp(model, device), amp=args.amp,
+                          compile_mode=args.compile_mode if args.compile else None)
     meta = {"arch": args.arch, "num_classes": spec.num_classes,
             "use_norm": uses_normed_head(args.loss_type), "seed": seed, "cls_num_list": list(cls_num_list),
             "args": args_to_dict(args)}
-    trainer = Trainer(model, optimizer, train_loader, step, args, run, os.path.join(args.root_model, name), meta,
-                      evaluate=evaluate_fn)
+    trainer = Trainer(method, optimizer, train_loader, lambda epoch: lr_at(args, epoch),
+                      LoopConfig(args.epochs, args.start_epoch, args.print_freq), run,
+                      os.path.join(args.root_model, name), meta, evaluate=evaluate_fn)
     if resume is not None:
         load_model_weights(model, resume)
         trainer.restore(resume)

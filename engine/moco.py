@@ -40,7 +40,6 @@ from PIL import ImageFilter
 
 import models
 from engine import distributed
-from engine.trainer import Trainer
 
 
 # -- the pieces, as functions ----------------------------------------------------------------------
@@ -160,7 +159,7 @@ def add_mlp_head(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-# -- the module and the training step ---------------------------------------------------------------
+# -- the module ------------------------------------------------------------------------------------
 class MoCo(nn.Module):
     """Query encoder, momentum key encoder and queue. ``forward(im_q, im_k) -> (logits, targets)``.
 
@@ -201,42 +200,6 @@ def build_moco(arch: str, dim: int, K: int, m: float, t: float, mlp: bool, bn_sp
     return MoCo(add_mlp_head(encoder) if mlp else encoder, dim, K, m, t)
 
 
-class MocoStep:
-    """Trainer step: x is (B, 2, C, H, W), the two views of each image; y (class labels) is unused.
-
-    Returns (InfoNCE loss, logits (B, 1 + K), targets): the trainer's accuracy is then the fraction of
-    queries whose positive key scores above every negative (the reference's 'Acc@1').
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def start_epoch(self, epoch: int) -> None:
-        """Nothing changes per epoch (the learning rate is the trainer's)."""
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        im_q, im_k = x.unbind(dim=1)
-        logits, targets = self.model(im_q, im_k)
-        return F.cross_entropy(logits.float(), targets), logits, targets
-
-
-class MocoTrainer(Trainer):
-    """The one training loop with the reference's MoCo checkpoints (SPEC section 1.5).
-
-    Every ``save_every`` epochs and after the last one it writes ``{ckpt_dir}/moco_ckpt_{epoch:04d}.pth.tar``
-    (epoch = epochs done) holding ``epoch``, ``arch``, ``state_dict`` with ``module.``-prefixed keys (the
-    reference's DistributedDataParallel layout, with or without DDP here), ``optimizer`` and the meta data.
-    """
-
-    def checkpoint_path(self, epochs_done: int) -> str:
-        return os.path.join(self.ckpt_dir, f"moco_ckpt_{epochs_done:04d}.pth.tar")
-
-    def checkpoint_state(self) -> dict:
-        state = super().checkpoint_state()
-        state["state_dict"] = {"module." + k: v for k, v in state["state_dict"].items()}
-        return state
-
-
 # -- the two views ---------------------------------------------------------------------------------
 class GaussianBlur:
     """PIL Gaussian blur with sigma ~ U[sigma_min, sigma_max] drawn per image (SimCLR; MoCo v2 uses [0.1, 2])."""
@@ -272,7 +235,7 @@ AUGMENTATIONS = {True: moco_v2_augmentation, False: moco_v1_augmentation}  # key
 class TwoCropsTransform:
     """Two independent draws of ``transform`` of one image, stacked: a (2, C, H, W) tensor.
 
-    One tensor per sample, so a standard DataLoader batch is (B, 2, C, H, W) and ``MocoStep`` splits it.
+    One tensor per sample, so a standard DataLoader batch is (B, 2, C, H, W) and ``MoCoMethod`` splits it.
     """
 
     def __init__(self, transform):

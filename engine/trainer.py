@@ -1,8 +1,9 @@
-"""The one training loop: epochs of (schedule -> steps -> evaluation -> checkpoint -> log).
+"""The one training loop: epochs of (schedule -> method steps -> evaluation -> checkpoint -> log).
 
-Scripts differ only in what they hand it: the loader, the ``step`` (supervised classification, rotation
-prediction, MoCo...), and the evaluation. Per-step statistics are accumulated on the device; the host
-reads them every ``print_freq`` steps (progress bar, NaN check) and at the end of the epoch.
+Scripts differ only in what they hand it: the method (supervised classification, rotation prediction, MoCo...,
+see ``engine.methods``), the loader, the learning-rate schedule and the evaluation. Per-step statistics are
+accumulated on the device; the host reads them every ``print_freq`` steps (progress bar, NaN check) and at
+the end of the epoch.
 """
 from __future__ import annotations
 
@@ -10,58 +11,27 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from engine import distributed
 from engine.checkpoint import save_checkpoint
+from engine.methods import Method
 from engine.metrics import format_metrics
 from engine.runlog import RunLog
-from engine.schedules import lr_at
 
 
-class Step(Protocol):
-    """One training step's forward: returns (loss, logits, targets) for a batch (x, y)."""
-
-    def start_epoch(self, epoch: int) -> None: ...
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-
-
-class ClassificationStep:
-    """logits = model(transform(x)); loss = criterion(logits, y). ``rule`` sets per-epoch class weights.
-
-    ``batch_transform(x, y) -> (x, y)`` replaces the batch before the forward (e.g. rotation prediction).
-    ``compile_mode`` compiles model and loss together with torch.compile (``reduce-overhead`` adds CUDA
-    graphs). Shapes are compiled static (``dynamic=False``): an epoch has at most two batch shapes (full and
-    the last partial one, the same every epoch), so two specialised graphs cover a run and no image is dropped
-    or padded. The class weights the rule sets live in a buffer updated in place, so the compiled step stays
-    valid when they change (tests/test_compiled_step.py).
-    """
-
-    def __init__(self, model: nn.Module, criterion: nn.Module, rule=None,
-                 batch_transform: Callable | None = None, compile_mode: str | None = None):
-        self.model, self.criterion, self.rule, self.batch_transform = model, criterion, rule, batch_transform
-        self._forward = torch.compile(self._loss, mode=compile_mode, dynamic=False) if compile_mode else self._loss
-
-    def _loss(self, x, y):
-        logits = self.model(x)
-        return self.criterion(logits, y), logits
-
-    def start_epoch(self, epoch: int) -> None:
-        if self.rule is not None:
-            self.criterion.set_class_weights(self.rule.class_weights(epoch))
-        if hasattr(self.batch_transform, "start_epoch"):
-            self.batch_transform.start_epoch(epoch)
-
-    def __call__(self, x, y):
-        if self.batch_transform is not None:
-            x, y = self.batch_transform(x, y)
-        loss, logits = self._forward(x, y)
-        return loss, logits, y
+@dataclass(frozen=True)
+class LoopConfig:
+    """How long the loop runs and how often it reports: ``epochs`` in all (``start_epoch`` first, unless a
+    checkpoint is restored), progress every ``print_freq`` steps, a checkpoint every ``save_every`` epochs and
+    after the last one."""
+    epochs: int
+    start_epoch: int = 0
+    print_freq: int = 10
+    save_every: int = 1
 
 
 @dataclass
@@ -74,33 +44,30 @@ class TrainState:
 
 
 class Trainer:
-    """Runs ``args.epochs`` epochs of ``step`` over ``loader``.
+    """Runs ``config.epochs`` epochs of ``method`` over ``loader`` with the learning rate ``schedule(epoch)``.
 
     ``evaluate()`` returns a metrics dict with ``top1`` (or None to skip); the best epoch is the one with
     the highest ``top1`` (on the test set for CIFAR/SVHN, as the papers do: reported with the last epoch).
-    ``checkpoint_meta`` is stored in every checkpoint (arch, num_classes, use_norm, args...).
+    ``checkpoint_meta`` is stored in every checkpoint (arch, num_classes, use_norm, args...); checkpoints go to
+    ``ckpt_dir`` (None: none are written) under the method's file name.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, step: Step, args,
-                 run: RunLog, ckpt_dir: str | None, checkpoint_meta: dict,
-                 evaluate: Callable[[], dict | None] | None = None, save_every: int = 1):
-        self.model, self.optimizer, self.loader, self.step = model, optimizer, loader, step
-        self.args, self.run, self.ckpt_dir, self.meta = args, run, ckpt_dir, checkpoint_meta
-        self.evaluate, self.save_every = evaluate, save_every
-        self.state = TrainState(epoch=args.start_epoch)
-        self.device = next(model.parameters()).device
-        self.amp = bool(getattr(args, "amp", False)) and self.device.type == "cuda"
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, loader: Iterable,
+                 schedule: Callable[[int], float], config: LoopConfig, run: RunLog, ckpt_dir: str | None,
+                 checkpoint_meta: dict, evaluate: Callable[[], dict | None] | None = None):
+        self.method, self.optimizer, self.loader, self.schedule = method, optimizer, loader, schedule
+        self.config, self.run, self.ckpt_dir, self.meta = config, run, ckpt_dir, checkpoint_meta
+        self.evaluate = evaluate
+        self.state = TrainState(epoch=config.start_epoch)
         self.last_saved = ""
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint_path(self, epochs_done: int) -> str:
-        """Where the checkpoint after ``epochs_done`` epochs goes (upstream: one file, overwritten)."""
-        return os.path.join(self.ckpt_dir, "ckpt.pth.tar")
+        return os.path.join(self.ckpt_dir, self.method.checkpoint_file(epochs_done))
 
     def checkpoint_state(self) -> dict:
         """Everything a checkpoint holds: the meta data, weights, optimizer and progress."""
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        return dict(self.meta, epoch=self.state.epoch, state_dict=model.state_dict(),
+        return dict(self.meta, epoch=self.state.epoch, state_dict=self.method.state_dict(),
                     optimizer=self.optimizer.state_dict(), best_acc1=self.state.best_acc1,
                     best_epoch=self.state.best_epoch, best=self.state.best, last=self.state.last)
 
@@ -132,40 +99,36 @@ class Trainer:
             raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}; stopped, {where}. "
                                      "Lower --lr or check the data and the loss settings.")
 
+    def _means(self, sums: list[float], count: float) -> dict:
+        scale = {name: 100.0 if name in self.method.percent_metrics else 1.0 for name in self.method.metric_names}
+        return {name: scale[name] * s / max(count, 1) for name, s in zip(self.method.metric_names, sums)}
+
     def train_epoch(self, epoch: int) -> dict:
-        lr = lr_at(self.args, epoch)
+        lr = self.schedule(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        self.model.train()
-        self.step.start_epoch(epoch)
+        self.method.train()
+        self.method.start_epoch(epoch)
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
+        sums = torch.zeros(len(self.method.metric_names), dtype=torch.float64, device=self.method.device)
         count = 0
         bar = tqdm(self.loader, total=len(self.loader), desc=f"epoch {epoch}", leave=False,
                    disable=not distributed.is_main(), dynamic_ncols=True)
         for i, (x, y) in enumerate(bar):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss, logits, target = self.step(x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            n = target.shape[0]
+            step_sums, n = self.method.train_step(x, y, self.optimizer)
+            sums += step_sums
             count += n
-            sums[0] += loss.detach() * n
-            sums[1] += (logits.detach().argmax(1) == target).sum()
-            if (i + 1) % self.args.print_freq == 0:
+            if (i + 1) % self.config.print_freq == 0:
                 self._check_finite(sums[0], epoch, i)
-                loss_sum, correct = sums.tolist()
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{100 * correct / count:.2f}", lr=f"{lr:.4g}")
+                bar.set_postfix({k: f"{v:.4f}" for k, v in self._means(sums.tolist(), count).items()}, lr=f"{lr:.4g}")
         self._check_finite(sums[0], epoch, len(self.loader))
-        totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
-        loss_sum, correct, count = totals.tolist()
-        return {"lr": lr, "train_loss": loss_sum / max(count, 1), "train_top1": 100.0 * correct / max(count, 1)}
+        totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])])).tolist()
+        return {"lr": lr, **{f"train_{k}": v for k, v in self._means(totals[:-1], totals[-1]).items()}}
 
     def fit(self) -> dict:
-        """Train from ``state.epoch`` to ``args.epochs``; returns the final summary (last and best)."""
-        for epoch in range(self.state.epoch, self.args.epochs):
+        """Train from ``state.epoch`` to ``config.epochs``; returns the final summary (last and best)."""
+        for epoch in range(self.state.epoch, self.config.epochs):
             start = time.perf_counter()
             record = {"epoch": epoch, **self.train_epoch(epoch)}  # ends with a host sync: timings are real
             record["time_train"] = time.perf_counter() - start
@@ -181,7 +144,7 @@ class Trainer:
                     self.state.best_acc1, self.state.best_epoch = metrics["top1"], epoch
                     self.state.best = dict(metrics, epoch=epoch)
             record["best_acc1"] = self.state.best_acc1
-            if self.state.epoch % self.save_every == 0 or self.state.epoch == self.args.epochs:
+            if self.state.epoch % self.config.save_every == 0 or self.state.epoch == self.config.epochs:
                 self.save(is_best)
             self.run.epoch(record)
             self._print_epoch(record)
@@ -190,8 +153,9 @@ class Trainer:
         return summary
 
     def _print_epoch(self, record: dict) -> None:
-        line = (f"Epoch [{record['epoch'] + 1}/{self.args.epochs}] lr {record['lr']:.5f}  "
-                f"train loss {record['train_loss']:.4f} acc {record['train_top1']:.2f}")
+        line = f"Epoch [{record['epoch'] + 1}/{self.config.epochs}] lr {record['lr']:.5f}  train " + " ".join(
+            f"{'acc' if name == 'top1' else name} {record['train_' + name]:.{2 if name == 'top1' else 4}f}"
+            for name in self.method.metric_names)
         if "test" in record:
             line += f" | test {format_metrics(record['test'])} | best Prec@1 {self.state.best_acc1:.3f}"
         self.run.print(line)

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from engine.trainer import ClassificationStep
-
 HEAD = "fc"
 
 
@@ -59,30 +57,6 @@ def freeze_backbone(model: nn.Module) -> list[nn.Parameter]:
         if is_head(name):
             trainable.append(p)
     return trainable
-
-
-def backbone_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_head(name)]
-
-
-class FrozenBNStep(ClassificationStep):
-    """A ``ClassificationStep`` that keeps the backbone's BatchNorm layers in eval mode (``freeze_bn``).
-
-    ``Trainer.train_epoch`` calls ``model.train()`` and then ``step.start_epoch``: this hook runs after it
-    and puts the BN layers back in eval mode for the whole epoch (evaluation restores train mode only
-    after the epoch's steps).
-    """
-
-    def __init__(self, model: nn.Module, criterion: nn.Module, rule=None, bn_model: nn.Module | None = None,
-                 compile_mode: str | None = None):
-        super().__init__(model, criterion, rule, compile_mode=compile_mode)
-        self.batchnorms = backbone_batchnorms(bn_model if bn_model is not None else model)
-
-    def start_epoch(self, epoch: int) -> None:
-        super().start_epoch(epoch)
-        for bn in self.batchnorms:
-            bn.eval()
 
 
 def tau_normalized(fc: nn.Linear, tau: float) -> nn.Linear:

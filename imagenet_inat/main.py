@@ -30,10 +30,11 @@ from engine.loaders import TorchLoader
 from engine.samplers import ShardSampler
 from engine.metrics import collect_features, collect_logits, evaluate
 from engine.runlog import RunLog, write_json
-from engine.trainer import ClassificationStep, Trainer
+from engine.methods import Classification
+from engine.trainer import LoopConfig, Trainer
 from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
-from imagenet_inat.heads import STAGES, FrozenBNStep, freeze_backbone, tau_normalized
+from imagenet_inat.heads import STAGES, freeze_backbone, tau_normalized
 from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 
 IMAGENET_ARCHS = [name for name in models.resnet.__all__ if name in models.ARCHS]
@@ -281,13 +282,14 @@ def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict 
     net = distributed.wrap_ddp(model, device)
     criterion = losses.build_loss(args.loss_type, counts, args).to(device)
     rule = losses.build_train_rule(args.train_rule, counts, args)
-    compile_mode = args.compile_mode if args.compile else None
-    step = (FrozenBNStep(net, criterion, rule, bn_model=model, compile_mode=compile_mode) if args.freeze_bn
-            else ClassificationStep(net, criterion, rule, compile_mode=compile_mode))
+    method = Classification(model, criterion, rule, net=net, amp=args.amp, freeze_bn=args.freeze_bn,
+                            compile_mode=args.compile_mode if args.compile else None)
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     val_loader = eval_loader(splits["val"], args, device)
-    trainer = Trainer(net, optimizer, train_loader(splits["train"], args, device, seed), step, args, run,
-                      args.log_dir, meta, evaluate=lambda: evaluate_split(model, val_loader, args, counts))
+    trainer = Trainer(method, optimizer, train_loader(splits["train"], args, device, seed),
+                      lambda epoch: schedules.lr_at(args, epoch), LoopConfig(args.epochs, args.start_epoch,
+                                                                             args.print_freq),
+                      run, args.log_dir, meta, evaluate=lambda: evaluate_split(model, val_loader, args, counts))
     if resume is not None:
         load_model_weights(model, resume)
         trainer.restore(resume)

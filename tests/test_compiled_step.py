@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 import losses
-from engine.trainer import ClassificationStep
+from engine.methods import Classification
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="torch.compile on the CPU needs a C++ compiler (g++)")
@@ -23,9 +23,9 @@ def tiny_model():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
 
 
-def run(step, model, x, y):
+def run(method, model, x, y):
     model.zero_grad(set_to_none=True)
-    loss, logits, target = step(x, y)
+    loss, logits = method._loss(x, y)
     loss.backward()
     return loss.detach(), logits.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -36,8 +36,8 @@ def test_compiled_step_matches_eager_across_shapes_and_weight_changes(loss_type,
     torch._dynamo.reset()
     counters.clear()
     eager_model, compiled_model = tiny_model(), tiny_model()
-    eager = ClassificationStep(eager_model, losses.build_loss(loss_type, counts))
-    compiled = ClassificationStep(compiled_model, losses.build_loss(loss_type, counts), compile_mode="default")
+    eager = Classification(eager_model, losses.build_loss(loss_type, counts))
+    compiled = Classification(compiled_model, losses.build_loss(loss_type, counts), compile_mode="default")
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)) for n in (16, 6, 10)]
     drw = losses.effective_number_weights(counts, 0.9999)
@@ -54,5 +54,5 @@ def test_compiled_step_matches_eager_across_shapes_and_weight_changes(loss_type,
     # static shapes: one graph per batch size (no symbolic-shape graph), none added by the weight change
     assert counters["stats"]["unique_graphs"] == 3
     # the weighted loss differs from the unweighted one, so the comparison above saw the new weights
-    plain = ClassificationStep(copy.deepcopy(eager_model), losses.build_loss(loss_type, counts))
-    assert not torch.allclose(plain(*batches[0])[0], eager(*batches[0])[0])
+    plain = Classification(copy.deepcopy(eager_model), losses.build_loss(loss_type, counts))
+    assert not torch.allclose(plain.forward(*batches[0])[0], eager.forward(*batches[0])[0])

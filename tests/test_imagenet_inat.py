@@ -21,7 +21,8 @@ from engine.runlog import RunLog
 from imagenet_inat import main as iin
 from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
-from imagenet_inat.heads import FrozenBNStep, freeze_backbone, tau_normalized
+from engine.methods import Classification
+from imagenet_inat.heads import freeze_backbone, tau_normalized
 from engine.samplers import ShardSampler
 from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 from imagenet_inat.synthetic import class_counts, generate
@@ -233,13 +234,13 @@ def test_freeze_backbone_and_frozen_bn_step():
     trainable = freeze_backbone(model)
     assert {id(p) for p in trainable} == {id(model.fc.weight), id(model.fc.bias)}
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
-    step = FrozenBNStep(model, torch.nn.CrossEntropyLoss())
-    model.train()
-    step.start_epoch(0)
+    method = Classification(model, torch.nn.CrossEntropyLoss(), freeze_bn=True)
+    method.train()
+    method.start_epoch(0)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns) and model.fc.training
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, _, _ = step(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
+    loss, _ = method.forward(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no BN statistic moved
     assert model.layer1[0].conv1.weight.grad is None and model.fc.weight.grad is not None

@@ -20,6 +20,7 @@ from engine.checkpoint import load_checkpoint, load_pretrained_backbone
 from engine.data import DATASETS, make_loader
 from engine.experiment import store_name
 from engine.metrics import evaluate
+from engine.methods import RotationPrediction, rotation_labels
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_rotation_labels_are_upstreams_nearly_balanced_draw(batch):
     torch.manual_seed(0)
     reps = -(-batch // 4) + 1  # copies of [0, 1, 2, 3] before cutting to the batch
-    draws = [pretrain_rot.rotation_labels(batch, "cpu") for _ in range(20)]
+    draws = [rotation_labels(batch, "cpu") for _ in range(20)]
     for k in draws:
         counts = torch.bincount(k, minlength=4)
         assert k.shape == (batch,) and counts.sum() == batch and k.min() >= 0 and k.max() <= 3
@@ -37,18 +38,18 @@ def test_rotation_labels_are_upstreams_nearly_balanced_draw(batch):
     if batch >= 4:
         assert len({tuple(k.tolist()) for k in draws}) > 1  # drawn afresh for every batch
     torch.manual_seed(0)
-    assert torch.equal(pretrain_rot.rotation_labels(batch, "cpu"), draws[0])  # the run seed fixes the stream
+    assert torch.equal(rotation_labels(batch, "cpu"), draws[0])  # the run seed fixes the stream
 
 
 def test_rotate_batch_transform_is_an_exact_rot90_with_matching_labels():
     torch.manual_seed(3)
     x, y = torch.randn(16, 3, 8, 8), torch.arange(16)
-    rotate = pretrain_rot.Rotate()
+    rotate = RotationPrediction(nn.Identity(), nn.CrossEntropyLoss())
     rotate.start_epoch(4)
-    rotated, k = rotate(x, y)
-    again = pretrain_rot.Rotate()
+    rotated, k = rotate.targets(x, y)
+    again = RotationPrediction(nn.Identity(), nn.CrossEntropyLoss())
     again.start_epoch(4)
-    assert torch.equal(again(x, y)[1], k)  # the same epoch draws the same rotations (exact resume)
+    assert torch.equal(again.targets(x, y)[1], k)  # the same epoch draws the same rotations (exact resume)
     assert set(k.tolist()) == {0, 1, 2, 3}
     for i in range(16):
         assert torch.equal(rotated[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
