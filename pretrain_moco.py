@@ -25,15 +25,14 @@ import torch
 
 import models
 from engine import config, distributed
-from engine.checkpoint import load_checkpoint, strip_prefix
+from engine.checkpoint import strip_prefix
 from engine.data import DATASETS
-from engine.experiment import seed_run, start_process, store_name
+from engine.experiment import Experiment, store_name
 from engine.loaders import TorchLoader
 from engine.methods import MoCoMethod
 from engine.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
 from engine.schedules import lr_at
-from engine.trainer import LoopConfig, Trainer
-from engine.runlog import RunLog
+from engine.trainer import LoopConfig
 from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, reference_split_file
 
 
@@ -176,35 +175,31 @@ def main(argv=None) -> torch.nn.Module:
     source = MOCO_DATA[args.dataset]
     args.arch = args.arch or source.arch
     args.list_file = args.list_file or source.list_file
-    device = start_process(args)
-    resume = load_checkpoint(args.resume) if args.resume else None
-    seed = seed_run(args, resume, device)
+    fields = ("dataset", "arch", "exp_str") if source.list_file else ("dataset", "arch", "imb_type", "imb_factor",
+                                                                      "exp_str")
+    exp = Experiment(log_dir=os.path.join(args.root_log, store_name(args, fields)), record=config.args_to_dict(args),
+                     device=config.resolve_device(args), seed=args.seed, resume=args.resume)
+    device, seed = exp.device, exp.seed
     loader = build_loader(args, source, device, seed)
-    moco = build_moco_model(args, device, resume)
-    model = distributed.wrap_ddp(moco, device)
+    moco = build_moco_model(args, device, exp.resume)
     # All parameters, as the reference (its optimizer state then resumes here); the key encoder gets no
     # gradient, and SGD skips parameters without one.
     optimizer = torch.optim.SGD(moco.parameters(), lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
-    fields = ("dataset", "arch", "exp_str") if source.list_file else ("dataset", "arch", "imb_type", "imb_factor",
-                                                                      "exp_str")
-    run = RunLog(os.path.join(args.root_log, store_name(args, fields)), dict(config.args_to_dict(args), seed=seed))
-    meta = {"arch": args.arch, "seed": seed, "args": config.args_to_dict(args)}
-    trainer = Trainer(MoCoMethod(moco, net=model), optimizer, loader, lambda epoch: lr_at(args, epoch),
-                      LoopConfig(args.epochs, args.start_epoch, args.print_freq, save_every=args.print_freq), run,
-                      os.path.join(args.root_path, args.dataset, "checkpoint"), meta)
-    if resume is not None:
-        trainer.restore(resume)
-        run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")
     world = distributed.world_size()
     if world == 1 and args.bn_splits == 1:
-        run.print("=> note: one process, so shuffle-BN has nothing to shuffle across; the reference ran MoCo "
-                  "only under DDP: launch with torchrun --nproc_per_node N for the paper's setting, or emulate "
-                  "it in this process with --bn-splits 8")
-    run.print(f"=> MoCo on {args.dataset}: {len(loader.loader.dataset)} images, {world} process(es) x batch "
-              f"{args.batch_size // world}, {len(loader)} steps/epoch, queue {args.moco_k}, seed {seed}, device {device}")
-    trainer.fit()
-    run.close()
+        exp.run.print("=> note: one process, so shuffle-BN has nothing to shuffle across; the reference ran MoCo "
+                      "only under DDP: launch with torchrun --nproc_per_node N for the paper's setting, or emulate "
+                      "it in this process with --bn-splits 8")
+    exp.run.print(f"=> MoCo on {args.dataset}: {len(loader.loader.dataset)} images, {world} process(es) x batch "
+                  f"{args.batch_size // world}, {len(loader)} steps/epoch, queue {args.moco_k}, seed {seed}, "
+                  f"device {device}")
+    exp.fit(MoCoMethod(moco, net=distributed.wrap_ddp(moco, device)), optimizer, loader,
+            lambda epoch: lr_at(args, epoch),
+            LoopConfig(args.epochs, args.start_epoch, args.print_freq, save_every=args.print_freq),
+            os.path.join(args.root_path, args.dataset, "checkpoint"),
+            {"arch": args.arch, "args": config.args_to_dict(args)})
+    exp.close()
     return moco
 
 

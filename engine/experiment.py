@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -22,7 +24,7 @@ from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
 from engine.shifted import run_shifted_eval
-from engine.methods import Classification
+from engine.methods import Classification, Method
 from engine.schedules import lr_at
 from engine.trainer import LoopConfig, Trainer
 
@@ -33,10 +35,11 @@ def store_name(args: argparse.Namespace, fields=("dataset", "arch", "loss_type",
     return "_".join(str(getattr(args, f)) for f in fields)
 
 
-def choose_seed(args: argparse.Namespace, resume_ckpt: dict | None) -> int:
-    """--seed, else the resumed run's seed, else a fresh random one (recorded, so a resume can continue)."""
-    if args.seed is not None:
-        return args.seed
+def choose_seed(seed: int | None, resume_ckpt: dict | None) -> int:
+    """``seed`` (--seed), else the resumed run's seed, else a fresh random one (recorded, so a resume can
+    continue)."""
+    if seed is not None:
+        return seed
     if resume_ckpt is not None and resume_ckpt.get("seed") is not None:
         return int(resume_ckpt["seed"])
     return random.SystemRandom().randrange(2 ** 31)
@@ -50,21 +53,56 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def start_process(args: argparse.Namespace) -> torch.device:
+def start_process(device: torch.device) -> torch.device:
     """This process's device; under torchrun it first joins the process group (NCCL on GPUs, Gloo on CPUs)."""
-    return distributed.init(resolve_device(args).type) or resolve_device(args)
+    return distributed.init(device.type) or device
 
 
-def seed_run(args: argparse.Namespace, resume: dict | None, device: torch.device) -> int:
+def seed_run(seed: int | None, resume: dict | None, device: torch.device) -> int:
     """The run seed (``choose_seed``), rank 0's on every process, and seed the generators with it.
 
     Loaders and samplers draw their orders from the returned seed itself; torch's global generator (model
     init, DataLoader workers' augmentation) gets seed + rank so processes do not augment alike (DDP copies
-    rank 0's initial weights to every process).
+    rank 0's initial weights to every process). A given seed also makes cuDNN deterministic.
     """
-    seed = distributed.shared_seed(choose_seed(args, resume), device)
-    seed_everything(seed + distributed.rank(), deterministic=args.seed is not None)
-    return seed
+    chosen = distributed.shared_seed(choose_seed(seed, resume), device)
+    seed_everything(chosen + distributed.rank(), deterministic=seed is not None)
+    return chosen
+
+
+class Experiment:
+    """The one experiment runner: device, seed, resume, run log, and the training loop of a method.
+
+    ``Experiment(log_dir=..., record=flags)`` joins the process group under torchrun, loads the ``resume``
+    checkpoint, seeds every generator (``seed_run``) and opens the run log (writing ``args.yaml`` from
+    ``record`` plus the seed; ``record=None`` for an evaluation, which writes no configuration). Build the
+    model after it, so that its initial weights follow the seed; then ``fit`` runs a method and ``close``
+    ends the log.
+    """
+
+    def __init__(self, *, log_dir: str, record: dict | None, device: torch.device, seed: int | None = None,
+                 resume: str = "", tensorboard: bool = True):
+        self.device = start_process(device)
+        self.resume_path = resume
+        self.resume = load_checkpoint(resume) if resume else None
+        self.seed = seed_run(seed, self.resume, self.device)
+        self.run = RunLog(log_dir, None if record is None else dict(record, seed=self.seed), tensorboard=tensorboard)
+
+    def fit(self, method: Method, optimizer: torch.optim.Optimizer, loader, schedule: Callable[[int], float],
+            loop: LoopConfig, ckpt_dir: str | None, meta: dict, evaluate: Callable[[], dict | None] | None = None
+            ) -> dict:
+        """Train ``method`` (continuing the resumed run; its weights are loaded by the caller) and return the
+        summary: last and best epoch."""
+        trainer = Trainer(method, optimizer, loader, schedule, loop, self.run, ckpt_dir, dict(meta, seed=self.seed),
+                          evaluate=evaluate)
+        if self.resume is not None:
+            trainer.restore(self.resume)
+            self.run.print(f"=> resumed {self.resume_path} at epoch {trainer.state.epoch} "
+                           f"(best Prec@1 {trainer.state.best_acc1:.3f})")
+        return trainer.fit()
+
+    def close(self) -> None:
+        self.run.close()
 
 
 def uses_normed_head(loss_type: str) -> bool:
@@ -106,16 +144,15 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     ``method_class``: ``Classification`` or a subclass (``RotationPrediction`` replaces the batches).
     Under torchrun every process uses rank 0's seed and the model is wrapped in DistributedDataParallel.
     """
-    device = start_process(args)
-    resume = load_checkpoint(args.resume) if args.resume else None
-    seed = seed_run(args, resume, device)
+    exp = Experiment(log_dir=os.path.join(args.root_log, name),
+                     record=None if args.evaluate else args_to_dict(args), device=resolve_device(args),
+                     seed=args.seed, resume=args.resume, tensorboard=not args.evaluate)
+    device, resume, run = exp.device, exp.resume, exp.run
     if args.evaluate:
         check_trained_loss(args, resume)
     cls_num_list = train_set.get_cls_num_list()
     model = build_classifier(args, spec.num_classes, device)
     test_loader = make_loader(test_set, spec, args, device, train=False)
-    run = RunLog(os.path.join(args.root_log, name), None if args.evaluate else dict(args_to_dict(args), seed=seed),
-                 tensorboard=not args.evaluate)
     adjustment = losses.posthoc_adjustment(getattr(args, "posthoc", "none"), cls_num_list,
                                            getattr(args, "tau", 1.0), getattr(args, "target_prior", None),
                                            losses.trained_prior_scale(args.loss_type, getattr(args, "tau", 1.0)))
@@ -140,26 +177,22 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     criterion = losses.build_loss(args.loss_type, cls_num_list, args).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    train_loader = make_loader(train_set, spec, args, device, train=True, seed=seed,
+    train_loader = make_loader(train_set, spec, args, device, train=True, seed=exp.seed,
                                sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
     method = method_class(model, criterion, rule, net=distributed.wrap_ddp(model, device), amp=args.amp,
                           compile_mode=args.compile_mode if args.compile else None)
-    meta = {"arch": args.arch, "num_classes": spec.num_classes,
-            "use_norm": uses_normed_head(args.loss_type), "seed": seed, "cls_num_list": list(cls_num_list),
-            "args": args_to_dict(args)}
-    trainer = Trainer(method, optimizer, train_loader, lambda epoch: lr_at(args, epoch),
-                      LoopConfig(args.epochs, args.start_epoch, args.print_freq), run,
-                      os.path.join(args.root_model, name), meta, evaluate=evaluate_fn)
+    meta = {"arch": args.arch, "num_classes": spec.num_classes, "use_norm": uses_normed_head(args.loss_type),
+            "cls_num_list": list(cls_num_list), "args": args_to_dict(args)}
     if resume is not None:
         load_model_weights(model, resume)
-        trainer.restore(resume)
-        run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch} (best Prec@1 {trainer.state.best_acc1:.3f})")
-    run.print(f"=> {name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {seed}, "
+    run.print(f"=> {name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {exp.seed}, "
               f"device {device}")
-    summary = trainer.fit()
+    summary = exp.fit(method, optimizer, train_loader, lambda epoch: lr_at(args, epoch),
+                      LoopConfig(args.epochs, args.start_epoch, args.print_freq), os.path.join(args.root_model, name),
+                      meta, evaluate=evaluate_fn)
     if summary["last"]:
         print_report(run, f"Last epoch ({summary['epochs']})", summary["last"])
         print_report(run, f"Best epoch ({summary['best_epoch'] + 1}, selected on the test set as in the papers)",
                      summary["best"])
-    run.close()
+    exp.close()
     return summary

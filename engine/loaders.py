@@ -31,13 +31,17 @@ class DeviceLoader:
 
     train=True: shuffled (or drawn with ``sample_weights``, with replacement, N per epoch) and augmented
     with random crop (zero padding ``pad``) + horizontal flip. train=False: dataset order, no augmentation.
+    ``views`` > 1 (training): each image comes as that many independently cropped and flipped views, batches
+    x of shape (B, views, C, H, W); the first view is drawn exactly as with ``views=1``.
     Under DistributedDataParallel each process takes every world_size-th sample of the epoch's order.
     """
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], *, batch_size: int, device: torch.device,
                  mean: Sequence[float], std: Sequence[float], train: bool, pad: int = 4,
                  sample_weights: np.ndarray | None = None, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, views: int = 1):
+        if views < 1 or (views > 1 and not train):
+            raise ValueError(f"DeviceLoader: views must be 1, or more for training, got {views} (train={train})")
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"DeviceLoader needs uint8 images shaped (N, H, W, C), got {images.dtype} {images.shape}")
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
@@ -48,7 +52,7 @@ class DeviceLoader:
         self.weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float).to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
         self.mean255, self.std255 = normalization(mean, std, device)
-        self.seed, self.drop_last = seed, drop_last
+        self.seed, self.drop_last, self.views = seed, drop_last, views
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
 
@@ -68,7 +72,7 @@ class DeviceLoader:
     def _epoch_plan(self):
         n = len(self.labels)
         if not self.train:
-            return torch.arange(distributed.rank(), n, distributed.world_size(), device=self.device), None, None
+            return torch.arange(distributed.rank(), n, distributed.world_size(), device=self.device), []
         g = torch.Generator(device=self.device)
         g.manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is None:
@@ -77,19 +81,27 @@ class DeviceLoader:
             order = torch.multinomial(self.weights, n, replacement=True, generator=g)
         # Augmentation is drawn for the whole epoch before sharding, so processes never crop alike and a
         # DDP run sees the draws of a single-process one.
-        offsets, flips = draw_crop_flip(n, self.pad, g, self.device)
+        draws = [draw_crop_flip(n, self.pad, g, self.device) for _ in range(self.views)]
         shard = slice(distributed.rank(), n - n % distributed.world_size(), distributed.world_size())
-        return order[shard], offsets[shard], flips[shard]
+        return order[shard], [(offsets[shard], flips[shard]) for offsets, flips in draws]
+
+    def _epoch_images(self, order: torch.Tensor, draws) -> torch.Tensor:
+        if not self.train:
+            return self.images[order]
+        views = [crop_flip(self.images, order, offsets, flips, self.size) for offsets, flips in draws]
+        return views[0] if self.views == 1 else torch.stack(views, dim=1)
 
     def __iter__(self):
-        # The epoch's images are cropped and flipped (or, for evaluation, gathered) in one kernel, uint8, before
-        # the first step; a step then only slices it and normalises the slice.
-        order, offsets, flips = self._epoch_plan()
-        images = crop_flip(self.images, order, offsets, flips, self.size) if self.train else self.images[order]
+        # The epoch's images are cropped and flipped (or, for evaluation, gathered) in one kernel per view, uint8,
+        # before the first step; a step then only slices it and normalises the slice.
+        order, draws = self._epoch_plan()
+        images = self._epoch_images(order, draws)
         labels = self.labels[order]
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            x = normalize(images[sl], self.mean255, self.std255).contiguous(memory_format=self.memory_format)
+            x = normalize(images[sl], self.mean255, self.std255)
+            if self.views == 1:
+                x = x.contiguous(memory_format=self.memory_format)
             yield x, labels[sl]
 
 

@@ -25,13 +25,13 @@ from engine import config, distributed, schedules
 from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
                                save_checkpoint)
 from engine.config import args_to_dict
-from engine.experiment import build_classifier, print_report, seed_run, start_process, uses_normed_head
+from engine.experiment import Experiment, build_classifier, print_report, uses_normed_head
 from engine.loaders import TorchLoader
 from engine.samplers import ShardSampler
 from engine.metrics import collect_features, collect_logits, evaluate
 from engine.runlog import RunLog, write_json
 from engine.methods import Classification
-from engine.trainer import LoopConfig, Trainer
+from engine.trainer import LoopConfig
 from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
 from imagenet_inat.heads import STAGES, freeze_backbone, tau_normalized
@@ -274,9 +274,9 @@ def initialise(model, args, run: RunLog) -> None:
     run.print(f"=> backbone from {path}: {len(report['loaded'])} tensors loaded, fresh: {report['missing']}")
 
 
-def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict | None) -> dict:
+def train(model, splits, args, exp: Experiment, meta: dict) -> dict:
     """Stages feature and crt: the core Trainer with model selection on val, then the final test."""
-    device = next(model.parameters()).device
+    device, run = exp.device, exp.run
     counts = splits["train"].get_cls_num_list()
     trainable = list(model.parameters()) if STAGES[args.stage].train_backbone else freeze_backbone(model)
     net = distributed.wrap_ddp(model, device)
@@ -286,15 +286,12 @@ def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict 
                             compile_mode=args.compile_mode if args.compile else None)
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     val_loader = eval_loader(splits["val"], args, device)
-    trainer = Trainer(method, optimizer, train_loader(splits["train"], args, device, seed),
-                      lambda epoch: schedules.lr_at(args, epoch), LoopConfig(args.epochs, args.start_epoch,
-                                                                             args.print_freq),
-                      run, args.log_dir, meta, evaluate=lambda: evaluate_split(model, val_loader, args, counts))
-    if resume is not None:
-        load_model_weights(model, resume)
-        trainer.restore(resume)
-        run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")
-    summary = trainer.fit()
+    if exp.resume is not None:
+        load_model_weights(model, exp.resume)
+    summary = exp.fit(method, optimizer, train_loader(splits["train"], args, device, exp.seed),
+                      lambda epoch: schedules.lr_at(args, epoch),
+                      LoopConfig(args.epochs, args.start_epoch, args.print_freq), args.log_dir, meta,
+                      evaluate=lambda: evaluate_split(model, val_loader, args, counts))
     if distributed.world_size() > 1:
         print(f"=> rank {distributed.rank()}/{distributed.world_size()}: replica checksum "
               f"{replica_checksum(model):.10e}", flush=True)
@@ -310,9 +307,9 @@ def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict 
     return summary
 
 
-def tau_norm(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict | None) -> dict:
+def tau_norm(model, splits, args, exp: Experiment, meta: dict) -> dict:
     """Stage tau_norm: choose tau on val, save the rescaled classifier, evaluate it on test."""
-    device = next(model.parameters()).device
+    device, run = exp.device, exp.run
     counts = splits["train"].get_cls_num_list()
     val_loader = eval_loader(splits["val"], args, device)
     fc = model.fc
@@ -325,7 +322,8 @@ def tau_norm(model, splits, args, run: RunLog, seed: int, meta: dict, resume: di
     model.fc = tau_normalized(fc, best_tau)
     run.print(f"=> tau = {best_tau:g} (best val Prec@1 {sweep[best_tau]:.3f})")
     if distributed.is_main():
-        state = dict(meta, epoch=0, state_dict=model.state_dict(), tau=best_tau, best_acc1=sweep[best_tau])
+        state = dict(meta, seed=exp.seed, epoch=0, state_dict=model.state_dict(), tau=best_tau,
+                     best_acc1=sweep[best_tau])
         save_checkpoint(state, os.path.join(args.log_dir, LAST), os.path.join(args.log_dir, BEST))
     summary = {"tau": best_tau, "val_top1_by_tau": {str(t): a for t, a in sweep.items()},
                "final": final_report(model, splits, args, counts, run, f"tau-normalised (tau={best_tau:g})")}
@@ -359,35 +357,33 @@ def run_test(model, splits, args, run: RunLog) -> dict:
                 checkpoint=path)
 
 
-def run(args: argparse.Namespace, device: torch.device) -> dict:
+def run(args: argparse.Namespace) -> dict:
     distributed.per_process_batch(args.batch_size, "--batch_size")  # checked before any work
-    resume = None if args.test or not args.resume else load_checkpoint(args.resume)
-    seed = seed_run(args, resume, device)
-    splits = build_splits(args)
-    model = build_classifier(args, args.num_classes, device)
     trains = STAGES[args.stage].trains and not args.test
-    run_log = RunLog(args.log_dir, None if args.test else dict(args_to_dict(args), seed=seed), tensorboard=trains)
-    run_log.print(f"=> {args.dataset} stage {args.stage}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())
+    exp = Experiment(log_dir=args.log_dir, record=None if args.test else args_to_dict(args),
+                     device=config.resolve_device(args), seed=args.seed,
+                     resume="" if args.test else args.resume, tensorboard=trains)
+    splits = build_splits(args)
+    model = build_classifier(args, args.num_classes, exp.device)
+    exp.run.print(f"=> {args.dataset} stage {args.stage}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())
                   + f" images, {args.num_classes} classes, {args.arch}, {distributed.world_size()} process(es), "
-                  f"seed {seed}, {device}")
+                  f"seed {exp.seed}, {exp.device}")
     try:
         if args.test:
-            return run_test(model, splits, args, run_log)
-        if resume is None:
-            initialise(model, args, run_log)
+            return run_test(model, splits, args, exp.run)
+        if exp.resume is None:
+            initialise(model, args, exp.run)
         meta = {"arch": args.arch, "num_classes": args.num_classes, "use_norm": uses_normed_head(args.loss_type),
-                "seed": seed, "stage": args.stage, "cls_num_list": splits["train"].get_cls_num_list(),
-                "args": args_to_dict(args)}
-        return STAGE_RUNNERS[args.stage](model, splits, args, run_log, seed, meta, resume)
+                "stage": args.stage, "cls_num_list": splits["train"].get_cls_num_list(), "args": args_to_dict(args)}
+        return STAGE_RUNNERS[args.stage](model, splits, args, exp, meta)
     finally:
-        run_log.close()
+        exp.close()
 
 
 def main(argv=None) -> dict:
     args = config.parse(build_parser(), argv, validate, reference_config.translate)
-    device = start_process(args)
     try:
-        return run(args, device)
+        return run(args)
     finally:
         distributed.shutdown()
 

@@ -77,7 +77,7 @@ def test_device_loader_batches_are_the_epoch_plan_cropped_batch_by_batch():
     imgs, labels = _images(10), np.arange(10)
     loader = _loader(imgs, labels, seed=7)
     loader.set_epoch(2)
-    order, offsets, flips = loader._epoch_plan()
+    order, [(offsets, flips)] = loader._epoch_plan()
     mean255, std255 = augment.normalization((0.5,) * 3, (0.5,) * 3, "cpu")
     for b, (x, y) in enumerate(loader):
         sl = slice(4 * b, 4 * b + 4)
@@ -125,3 +125,25 @@ def test_torch_loader_seeded_order_matches_across_instances():
     a, b = mk(), mk()
     assert [y.tolist() for _, y in a] == [y.tolist() for _, y in b]
     assert epoch_seed(1, 0) != epoch_seed(1, 1) != epoch_seed(2, 1)
+
+
+def test_device_loader_views_are_independent_crops_and_the_first_is_the_single_view_draw():
+    imgs, labels = _images(10), np.arange(10)
+    single = _loader(imgs, labels, seed=7)
+    multi = DeviceLoader(imgs, labels, batch_size=4, device=torch.device("cpu"), mean=(0.5,) * 3, std=(0.5,) * 3,
+                         train=True, seed=7, views=3)
+    single.set_epoch(1)
+    multi.set_epoch(1)
+    order, draws = multi._epoch_plan()
+    mean255, std255 = augment.normalization((0.5,) * 3, (0.5,) * 3, "cpu")
+    for b, ((x1, y1), (x3, y3)) in enumerate(zip(single, multi)):
+        sl = slice(4 * b, 4 * b + 4)
+        assert x3.shape == (x1.shape[0], 3, *x1.shape[1:]) and torch.equal(y1, y3)
+        assert torch.equal(x3[:, 0], x1)  # view 0 = the one-view loader's batch: one-view runs are unchanged
+        for v, (offsets, flips) in enumerate(draws):
+            expected = augment.crop_flip(multi.images, order[sl], offsets[sl], flips[sl], 8)
+            assert torch.equal(x3[:, v], augment.normalize(expected, mean255, std255))
+    assert not all(torch.equal(draws[0][0], d[0]) for d in draws[1:])  # views are drawn independently
+    with pytest.raises(ValueError, match="views must be 1"):
+        DeviceLoader(imgs, labels, batch_size=4, device=torch.device("cpu"), mean=(0.5,) * 3, std=(0.5,) * 3,
+                     train=False, views=2)
