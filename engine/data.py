@@ -79,15 +79,19 @@ def check_loader(spec: DatasetSpec, args: argparse.Namespace) -> None:
 
 
 def make_loader(dataset, spec: DatasetSpec, args: argparse.Namespace, device: torch.device, train: bool,
-                sample_weights: np.ndarray | None = None, seed: int = 0):
-    """A ``DeviceLoader`` (``--loader device``) or ``TorchLoader`` (``--loader torch``) over ``dataset``."""
+                sample_weights: np.ndarray | None = None, seed: int = 0, views: int = 1):
+    """A ``DeviceLoader`` (``--loader device``) or ``TorchLoader`` (``--loader torch``) over ``dataset``;
+    ``views`` augmented views of each training image (device loader only)."""
     check_loader(spec, args)
+    if views > 1 and getattr(args, "loader", "device") != "device":
+        raise ValueError(f"--loader torch: this method needs {views} views of each image, which only --loader device "
+                         "draws; use --loader device")
     batch = distributed.per_process_batch(args.batch_size) if train else args.eval_batch_size
     channels_last = getattr(args, "channels_last", False)
     if getattr(args, "loader", "device") == "device":
         return DeviceLoader(dataset.data, dataset.targets, batch_size=batch, device=device, mean=spec.mean,
                             std=spec.std, train=train, sample_weights=sample_weights, seed=seed,
-                            channels_last=channels_last)
+                            channels_last=channels_last, views=views)
     if spec.in_memory:
         dataset.transform = torch_transforms(spec, train)
     return TorchLoader(dataset, batch_size=batch, device=device, train=train, workers=args.workers,

@@ -178,7 +178,8 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     train_loader = make_loader(train_set, spec, args, device, train=True, seed=exp.seed,
-                               sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
+                               sample_weights=rule.sample_weights(np.asarray(train_set.targets)),
+                               views=method_class.views)
     method = method_class(model, criterion, rule, net=distributed.wrap_ddp(model, device), amp=args.amp,
                           compile_mode=args.compile_mode if args.compile else None)
     meta = {"arch": args.arch, "num_classes": spec.num_classes, "use_norm": uses_normed_head(args.loss_type),

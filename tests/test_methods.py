@@ -1,0 +1,57 @@
+"""The method seam: a new two-view method is one small class, trained by the real runner through the
+multi-view device loader, with its own training metric in metrics.jsonl."""
+import json
+import os
+
+import pytest
+import torch.nn.functional as F
+
+import train
+from engine import config
+from engine.data import DATASETS
+from engine.experiment import run_classification, store_name
+from engine.methods import Classification
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class TwoViewAgreement(Classification):
+    """Test-only method: cross-entropy averaged over two augmented views of each image, and the share of images
+    whose two views get the same prediction (``agree``) as its own training metric."""
+
+    views = 2
+    metric_names = ("loss", "top1", "agree")
+    percent_metrics = frozenset({"top1", "agree"})
+    seen_shapes: list = []
+
+    def forward(self, x, y):
+        type(self).seen_shapes.append(tuple(x.shape))
+        logits = [self.net(view) for view in x.unbind(dim=1)]
+        loss = sum(F.cross_entropy(z, y) for z in logits) / len(logits)
+        pred = [z.detach().argmax(1) for z in logits]
+        return loss, [(pred[0] == y).sum(), (pred[0] == pred[1]).sum()]
+
+
+def test_a_two_view_method_trains_one_epoch_through_the_runner(cifar10_root, tmp_path):
+    argv = ["--dataset", "cifar10", "--data_path", cifar10_root, "--imb_factor", "0.1", "-a", "resnet20",
+            "--epochs", "1", "-b", "64", "--seed", "0", "--device", "cpu", "--root_log", str(tmp_path / "log"),
+            "--root_model", str(tmp_path / "ckpt"), "--exp_str", "twoview"]
+    args = config.parse(train.build_parser(), argv)
+    spec = DATASETS[args.dataset]
+    train_set = spec.train(args)
+    summary = run_classification(args, spec, train_set, spec.test(args), store_name(args), TwoViewAgreement)
+    assert TwoViewAgreement.seen_shapes[0] == (64, 2, 3, 32, 32)  # (B, views, C, H, W) from the device loader
+    assert sum(s[0] for s in TwoViewAgreement.seen_shapes) == len(train_set)
+    record = json.loads(open(os.path.join(tmp_path, "log", store_name(args), "metrics.jsonl")).readline())
+    assert 0.0 <= record["train_agree"] <= 100.0 and "train_top1" in record and record["train_loss"] > 0
+    assert summary["epochs"] == 1 and os.path.isfile(os.path.join(tmp_path, "ckpt", store_name(args), "ckpt.pth.tar"))
+
+
+def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tmp_path):
+    argv = ["--dataset", "cifar10", "--data_path", cifar10_root, "--imb_factor", "0.1", "-a", "resnet20",
+            "--epochs", "1", "--device", "cpu", "--loader", "torch", "-j", "0", "--root_log", str(tmp_path / "l"),
+            "--root_model", str(tmp_path / "m")]
+    args = config.parse(train.build_parser(), argv)
+    spec = DATASETS[args.dataset]
+    with pytest.raises(ValueError, match="needs 2 views"):
+        run_classification(args, spec, spec.train(args), spec.test(args), store_name(args), TwoViewAgreement)
