@@ -17,6 +17,7 @@ import yaml
 
 import losses
 import models
+import registry
 from imbalance_cifar import check_imb_factor
 from engine import distributed, schedules
 
@@ -41,7 +42,45 @@ def add_model_args(p: argparse.ArgumentParser, arch: str = "resnet32", loss_type
     g.add_argument("--train_rule", default=train_rule, choices=sorted(losses.TRAIN_RULES),
                    help="data/loss re-balancing rule")
     g.add_argument("--pretrained_model", default="", help="self-supervised checkpoint to initialise the backbone")
-    losses.add_loss_args(p)
+    add_loss_args(p)
+
+
+def add_hyperparameter_args(group, hyperparameters: Sequence[registry.HyperParameter], **defaults) -> None:
+    """One ``--{dest}`` flag per declared hyper-parameter, typed by its default (``defaults``: other defaults
+    by destination, e.g. a script's ``warmup_epochs=0``)."""
+    unknown = set(defaults) - {hp.dest for hp in hyperparameters}
+    if unknown:
+        raise TypeError(f"no hyper-parameter flag {sorted(unknown)}; declared: {[hp.dest for hp in hyperparameters]}")
+    for hp in hyperparameters:
+        default = defaults.get(hp.dest, hp.default)
+        if hp.type is bool:
+            group.add_argument(f"--{hp.dest}", action=argparse.BooleanOptionalAction, default=default, help=hp.help)
+        elif hp.nargs:
+            group.add_argument(f"--{hp.dest}", type=hp.type, nargs=hp.nargs, default=list(default), help=hp.help)
+        else:
+            group.add_argument(f"--{hp.dest}", type=hp.type, default=default, help=hp.help)
+
+
+def add_loss_args(p: argparse.ArgumentParser) -> None:
+    """The hyper-parameters the registered losses and train rules declare (defaults: the papers' CIFAR settings)."""
+    add_hyperparameter_args(p.add_argument_group("loss"),
+                            losses.LOSSES.hyperparameters() + losses.TRAIN_RULES.hyperparameters())
+
+
+def registry_kwargs(reg: registry.Registry, name: str, args: argparse.Namespace) -> dict:
+    """The constructor keywords of ``reg[name]`` from parsed flags (flag destinations mapped back to keywords)."""
+    return registry.kwargs_from(reg[name], vars(args), reg.context)
+
+
+def loss_from_args(args: argparse.Namespace, cls_num_list: Sequence[int]) -> torch.nn.Module:
+    """``--loss_type`` with its hyper-parameter flags, for the training class counts."""
+    return losses.build_loss(args.loss_type, cls_num_list, **registry_kwargs(losses.LOSSES, args.loss_type, args))
+
+
+def train_rule_from_args(args: argparse.Namespace, cls_num_list: Sequence[int]) -> losses.TrainRule:
+    """``--train_rule`` with its hyper-parameter flags, for the training class counts."""
+    return losses.build_train_rule(args.train_rule, cls_num_list,
+                                   **registry_kwargs(losses.TRAIN_RULES, args.train_rule, args))
 
 
 def add_optim_args(p: argparse.ArgumentParser, epochs: int = 200, batch_size: int = 128, lr: float = 0.1,

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_rule", default="None", choices=sorted(n for n, r in losses.TRAIN_RULES.items()
                                                                    if not r.resample),
                    help="loss re-weighting rule (re-sampling is --sampler)")
-    losses.add_loss_args(p)
+    config.add_loss_args(p)
 
     g = p.add_argument_group("stage")
     g.add_argument("--stage", default="feature", choices=sorted(STAGES),
@@ -279,8 +279,8 @@ def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict 
     counts = splits["train"].get_cls_num_list()
     trainable = list(model.parameters()) if STAGES[args.stage].train_backbone else freeze_backbone(model)
     net = distributed.wrap_ddp(model, device)
-    criterion = losses.build_loss(args.loss_type, counts, args).to(device)
-    rule = losses.build_train_rule(args.train_rule, counts, args)
+    criterion = config.loss_from_args(args, counts).to(device)
+    rule = config.train_rule_from_args(args, counts)
     compile_mode = args.compile_mode if args.compile else None
     step = (FrozenBNStep(net, criterion, rule, bn_model=model, compile_mode=compile_mode) if args.freeze_bn
             else ClassificationStep(net, criterion, rule, compile_mode=compile_mode))
