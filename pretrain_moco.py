@@ -188,7 +188,8 @@ def main(argv=None) -> torch.nn.Module:
     run = RunLog(os.path.join(args.root_log, store_name(args, fields)), dict(config.args_to_dict(args), seed=seed))
     meta = {"arch": args.arch, "seed": seed, "args": config.args_to_dict(args)}
     trainer = MocoTrainer(model, optimizer, loader, MocoStep(model), args, run,
-                          os.path.join(args.root_path, args.dataset, "checkpoint"), meta, save_every=args.print_freq)
+                          os.path.join(args.root_path, args.dataset, "checkpoint"), meta, save_every=args.print_freq,
+                          schedule=config.schedule_from_args(args))
     if resume is not None:
         trainer.restore(resume)
         run.print(f"=> resumed {args.resume} at epoch {trainer.state.epoch}")

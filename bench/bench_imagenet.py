@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from engine.config import resolve_device  # noqa: E402
+from engine.schedules import LRSchedule  # noqa: E402
 from engine.trainer import ClassificationStep, Trainer  # noqa: E402
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform  # noqa: E402
 from imagenet_inat.main import train_loader  # noqa: E402
@@ -79,8 +80,8 @@ def run(args) -> dict:
     model = model.to(memory_format=memory)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     step = ClassificationStep(model, torch.nn.CrossEntropyLoss())
-    loop = SimpleNamespace(lr=0.01, epochs=2, warmup_epochs=0, lr_schedule="cosine", print_freq=10 ** 9,
-                           start_epoch=0, amp=args.amp)
+    loop = SimpleNamespace(epochs=2, print_freq=10 ** 9, start_epoch=0, amp=args.amp)
+    schedule = LRSchedule("cosine", lr=0.01, epochs=loop.epochs, warmup_epochs=0)
     with tempfile.TemporaryDirectory() as folder:
         split = write_images(folder, args.images, args.size, args.batch * args.steps)
         dataset = ListDataset(folder, split, list_transform(LT_DATASETS["ImageNet_LT"], True, args.size),
@@ -88,11 +89,12 @@ def run(args) -> dict:
         cfg = SimpleNamespace(sampler="instance", samples_per_class=4, batch_size=args.batch, workers=args.workers,
                               channels_last=args.channels_last)
         loader = train_loader(dataset, cfg, device, seed=0)
-        loading = images_per_second(Trainer(model, optimizer, loader, step, loop, None, None, {}), args.batch)
+        loading = images_per_second(Trainer(model, optimizer, loader, step, loop, None, None, {}, schedule=schedule),
+                                    args.batch)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory)
     y = torch.randint(0, CLASSES, (args.batch,), device=device)
-    compute = images_per_second(Trainer(model, optimizer, FixedBatches(x, y, args.steps), step, loop, None, None, {}),
-                                args.batch)
+    compute = images_per_second(Trainer(model, optimizer, FixedBatches(x, y, args.steps), step, loop, None, None, {},
+                                        schedule=schedule), args.batch)
     result = {"arch": args.arch, "batch": args.batch, "size": args.size, "device": str(device),
               "workers": args.workers, "amp": args.amp, "channels_last": args.channels_last,
               "loading_img_s": loading, "compute_img_s": compute, "ratio": loading / compute}

@@ -19,7 +19,8 @@ import losses
 import models
 import registry
 from imbalance_cifar import check_imb_factor
-from engine import distributed, schedules
+from engine import distributed
+from engine.schedules import SCHEDULES, LRSchedule
 
 
 def add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str], default: str = "cifar10") -> None:
@@ -84,7 +85,9 @@ def train_rule_from_args(args: argparse.Namespace, cls_num_list: Sequence[int]) 
 
 
 def add_optim_args(p: argparse.ArgumentParser, epochs: int = 200, batch_size: int = 128, lr: float = 0.1,
-                   weight_decay: float = 2e-4, **schedule_defaults) -> None:
+                   weight_decay: float = 2e-4, schedule: str = "step", **schedule_defaults) -> None:
+    """SGD and LR-schedule flags; ``schedule_defaults`` replace ``LRSchedule``'s (``warmup_epochs``,
+    ``warmup_factor``, ``milestones``, ``lr_factors``) for this script."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", default=epochs, type=int, metavar="N", help="number of total epochs to run")
     g.add_argument("--start-epoch", default=0, type=int, metavar="N",
@@ -95,7 +98,14 @@ def add_optim_args(p: argparse.ArgumentParser, epochs: int = 200, batch_size: in
     g.add_argument("--momentum", default=0.9, type=float, metavar="M", help="SGD momentum")
     g.add_argument("--wd", "--weight-decay", default=weight_decay, type=float, metavar="W", dest="weight_decay",
                    help="weight decay")
-    schedules.add_schedule_args(p, **schedule_defaults)
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--lr_schedule", default=schedule, choices=SCHEDULES.names(), help="per-epoch LR schedule")
+    add_hyperparameter_args(g, registry.declared(LRSchedule), **schedule_defaults)
+
+
+def schedule_from_args(args: argparse.Namespace) -> LRSchedule:
+    """The LR schedule of ``--lr_schedule --lr --epochs`` and the schedule flags; invalid numbers: ValueError."""
+    return LRSchedule(args.lr_schedule, args.lr, args.epochs, **registry.kwargs_from(LRSchedule, vars(args)))
 
 
 def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
@@ -236,7 +246,7 @@ def validate_common(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: no file {path!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    schedules.validate_schedule(args)
+    schedule_from_args(args)
     if hasattr(args, "posthoc"):
         validate_eval(args)
 

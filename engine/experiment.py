@@ -19,7 +19,8 @@ import losses
 import models
 from engine import distributed
 from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
-from engine.config import args_to_dict, loss_from_args, resolve_device, train_rule_from_args
+from engine.config import (args_to_dict, loss_from_args, resolve_device, schedule_from_args,
+                           train_rule_from_args)
 from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
@@ -148,7 +149,7 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
             "use_norm": uses_normed_head(args.loss_type), "seed": seed, "cls_num_list": list(cls_num_list),
             "args": args_to_dict(args)}
     trainer = Trainer(model, optimizer, train_loader, step, args, run, os.path.join(args.root_model, name), meta,
-                      evaluate=evaluate_fn)
+                      evaluate=evaluate_fn, schedule=schedule_from_args(args))
     if resume is not None:
         load_model_weights(model, resume)
         trainer.restore(resume)

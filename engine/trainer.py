@@ -20,7 +20,7 @@ from engine import distributed
 from engine.checkpoint import save_checkpoint
 from engine.metrics import format_metrics
 from engine.runlog import RunLog
-from engine.schedules import lr_at
+from engine.schedules import LRSchedule
 
 
 class Step(Protocol):
@@ -79,12 +79,15 @@ class Trainer:
     ``evaluate()`` returns a metrics dict with ``top1`` (or None to skip); the best epoch is the one with
     the highest ``top1`` (on the test set for CIFAR/SVHN, as the papers do: reported with the last epoch).
     ``checkpoint_meta`` is stored in every checkpoint (arch, num_classes, use_norm, args...).
+    ``schedule(epoch) -> lr`` sets the learning rate at the start of each epoch (``engine.schedules.LRSchedule``).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, step: Step, args,
                  run: RunLog, ckpt_dir: str | None, checkpoint_meta: dict,
-                 evaluate: Callable[[], dict | None] | None = None, save_every: int = 1):
+                 evaluate: Callable[[], dict | None] | None = None, save_every: int = 1, *,
+                 schedule: LRSchedule | Callable[[int], float]):
         self.model, self.optimizer, self.loader, self.step = model, optimizer, loader, step
+        self.schedule = schedule
         self.args, self.run, self.ckpt_dir, self.meta = args, run, ckpt_dir, checkpoint_meta
         self.evaluate, self.save_every = evaluate, save_every
         self.state = TrainState(epoch=args.start_epoch)
@@ -133,7 +136,7 @@ class Trainer:
                                      "Lower --lr or check the data and the loss settings.")
 
     def train_epoch(self, epoch: int) -> dict:
-        lr = lr_at(self.args, epoch)
+        lr = self.schedule(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.model.train()

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 import losses
 import models
-from engine import config, distributed, schedules
+from engine import config, distributed
 from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
                                save_checkpoint)
 from engine.config import args_to_dict
@@ -155,7 +155,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--resize_size ({args.resize_size}) must be >= --crop_size ({args.crop_size})")
     if not 0 <= args.start_epoch <= args.epochs:
         raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
-    schedules.validate_schedule(args)
+    config.schedule_from_args(args)
     if args.loader != "torch":
         raise ValueError("--loader must be torch here: images are decoded by DataLoader workers "
                          "(--loader device holds CIFAR-size arrays on the device)")
@@ -287,7 +287,8 @@ def train(model, splits, args, run: RunLog, seed: int, meta: dict, resume: dict 
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     val_loader = eval_loader(splits["val"], args, device)
     trainer = Trainer(net, optimizer, train_loader(splits["train"], args, device, seed), step, args, run,
-                      args.log_dir, meta, evaluate=lambda: evaluate_split(model, val_loader, args, counts))
+                      args.log_dir, meta, evaluate=lambda: evaluate_split(model, val_loader, args, counts),
+                      schedule=config.schedule_from_args(args))
     if resume is not None:
         load_model_weights(model, resume)
         trainer.restore(resume)
