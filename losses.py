@@ -158,11 +158,11 @@ class LogitAdjustedLoss(PriorAdjustedCE):
     At tau = 1 it equals ``BalancedSoftmax`` and LADE-CE (up to the 1e-12 / 1e-9 guards inside the log).
     """
 
+    flag_help = {"tau": "logit-adjustment temperature: LA loss z + tau*log(pi) and --posthoc la z - tau*log(pi)"}
+
     @staticmethod
     def prior_scale(tau: float) -> float:
         return tau
-
-    flag_help = {"tau": "logit-adjustment temperature: LA loss z + tau*log(pi) and --posthoc la z - tau*log(pi)"}
 
     def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, weight=None):
         super().__init__(cls_num_list, tau * np.log(class_prior(cls_num_list) + 1e-12), weight)
