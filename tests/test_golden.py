@@ -143,11 +143,11 @@ def _(ctx, out):
 
 
 # 6. evaluation of checkpoints of 1.: plain, post-hoc corrections, shifted test label distributions.
-def eval_run(name: str, source: str, *extra, data_flags: Callable | None = None):
+def eval_run(name: str, source: str, *extra, data_flags: Callable | None = None, file: str = "ckpt.pth.tar"):
     @run(name, keep_return=True)
     def body(ctx, out):
         flags = data_flags(ctx, out) if data_flags else cifar_flags(ctx, out)
-        return ctx.main("train", [*flags, *extra, "-e", "--resume", ckpt_of(ctx, source)])
+        return ctx.main("train", [*flags, *extra, "-e", "--resume", ckpt_of(ctx, source, file)])
     return body
 
 
@@ -161,7 +161,7 @@ eval_run("eval_CE_None", "train_CE_None")
 eval_run("eval_CE_None_posthoc_la", "train_CE_None", "--posthoc", "la")
 eval_run("eval_CE_None_posthoc_pc", "train_CE_None", "--posthoc", "pc")
 eval_run("eval_LA_posthoc_pc", "train_LA", "--loss_type", "LA", "--posthoc", "pc")
-eval_run("eval_LDAM_DRW_best", "train_LDAM_DRW", "--loss_type", "LDAM")
+eval_run("eval_best_checkpoint", "train_CE_None_torch_loader", file="ckpt.best.pth.tar")  # best (epoch 1) != last
 eval_run("shifted_eval_LADE", "train_LADE", "--loss_type", "LADE", "--shifted_eval")
 eval_run("shifted_eval_cifar100_LADE", "train_cifar100_LADE", "--shifted_eval", "--shifted_seed", "3",
          data_flags=cifar100_lade_flags)
