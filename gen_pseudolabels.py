@@ -15,6 +15,7 @@ the checkpoint when it records them.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 
 import torch
@@ -87,7 +88,9 @@ def main(argv=None) -> str:
     device = config.resolve_device(args)
     print(f"=> {arch} (cosine head: {use_norm}) from {args.resume} labels {len(images)} images of the "
           f"{args.dataset} pool {args.unlabeled_source or 'extra'} on {device}", flush=True)
-    scale = ckpt.get("args", {}).get("ldam_s", losses.default_loss_args().ldam_s) if use_norm else 1.0
+    # a checkpoint without ``ldam_s`` was trained with LDAMLoss's default scale (the --ldam_s default)
+    default_scale = inspect.signature(losses.LDAMLoss).parameters["s"].default
+    scale = ckpt.get("args", {}).get("ldam_s", default_scale) if use_norm else 1.0
     predictions, confidence = pseudolabel.predict(model.to(device), images, spec.mean, spec.std, args.batch_size,
                                                   logit_scale=scale)
     predictions = pseudolabel.apply_threshold(predictions, confidence, args.confidence_threshold)

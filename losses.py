@@ -1,102 +1,93 @@
 """Losses and class re-balancing rules for long-tailed classification.
 
-Two registries, both selected by name from the command line:
+Three registries (``registry.Registry``), each selected by name from the command line:
 
-* ``LOSSES`` (``--loss_type``): ``nn.Module`` losses built from the training class counts.
+* ``LOSSES`` (``--loss_type``): ``nn.Module`` losses; ``build_loss(name, cls_num_list, **hparams)``.
 * ``TRAIN_RULES`` (``--train_rule``): how classes are re-balanced over training: per-class loss weights
-  that may change with the epoch (Reweight, DRW) or a class-balanced sampler (Resample).
+  that may change with the epoch (Reweight, DRW) or a class-balanced sampler (Resample);
+  ``build_train_rule(name, cls_num_list, **hparams)``.
 * ``POSTHOC`` (``--posthoc``): logit corrections applied at evaluation only (logit adjustment, PC softmax).
 
-Every loss keeps its per-class weights in a buffer that is updated in place, so the tensor the
-training step sees never changes identity (a captured CUDA graph or a compiled step stays valid).
+Each loss and rule declares its hyper-parameters once, as constructor keywords with the papers' defaults
+(``flag_names`` / ``flag_help`` name and describe their flags); engine/config.py derives the flags from them.
+
+Every loss built by ``build_loss`` keeps its per-class weights in a buffer that is updated in place, so the
+tensor the training step sees never changes identity (a captured CUDA graph or a compiled step stays valid).
 Notation: z logits (B, C), y labels, n_c training count of class c, N = sum_c n_c, pi_c = n_c / N.
 """
 from __future__ import annotations
 
-import argparse
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import distributed
+from registry import Registry
 
-LOSSES: dict[str, Callable[..., nn.Module]] = {}
-TRAIN_RULES: dict[str, Callable[..., "TrainRule"]] = {}
-
-
-def register_loss(name: str):
-    def wrap(cls):
-        LOSSES[name] = cls
-        return cls
-    return wrap
+LOSSES = Registry("loss", flag="--loss_type", context=("cls_num_list", "weight"))
+TRAIN_RULES = Registry("train rule", flag="--train_rule", context=("cls_num_list",))
+POSTHOC = Registry("post-hoc correction", flag="--posthoc")
 
 
-def add_loss_args(parser: argparse.ArgumentParser) -> None:
-    """Hyper-parameters of the registered losses (defaults: the papers' CIFAR settings)."""
-    g = parser.add_argument_group("loss")
-    g.add_argument("--focal_gamma", type=float, default=1.0,
-                   help="Focal loss gamma (imbalanced-semi-self hard-codes 1)")
-    g.add_argument("--max_m", type=float, default=0.5, help="LDAM largest margin (0.5 CIFAR, 0.3 iNat)")
-    g.add_argument("--ldam_s", type=float, default=30.0, help="LDAM logit scale s")
-    g.add_argument("--beta", type=float, default=0.9999, help="effective-number beta for Reweight/DRW/Resample")
-    g.add_argument("--drw_epoch", type=int, default=160, help="DRW: epoch (0-indexed) where re-weighting starts")
-    g.add_argument("--tau", type=float, default=1.0,
-                   help="logit-adjustment temperature: LA loss z + tau*log(pi) and --posthoc la z - tau*log(pi)")
-    g.add_argument("--lade_alpha", type=float, default=0.1, help="LADE: weight alpha of the LADER regulariser")
-    g.add_argument("--remine_lambda", type=float, default=0.01,
-                   help="LADE: lambda of the regularised DV bound (T1 - T2 - lambda*T2^2)")
+def build_loss(name: str, cls_num_list: Sequence[int], **hparams) -> nn.Module:
+    """``LOSSES[name]`` for the training class counts, with the keywords of ``hparams`` its constructor takes
+    (the others are ignored, so one set of hyper-parameters builds any loss).
 
-
-def build_loss(name: str, cls_num_list: Sequence[int], args: argparse.Namespace | None = None) -> nn.Module:
-    """Instantiate ``LOSSES[name]`` for the given training class counts and parsed hyper-parameters."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown --loss_type {name!r}; choose one of: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name](list(cls_num_list), args if args is not None else default_loss_args())
-
-
-def default_loss_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_loss_args(parser)
-    return parser.parse_args([])
+    The class-weight buffer starts as ones(C) (unless ``hparams`` gives ``weight``), so a train rule can update
+    it in place from the first epoch on."""
+    kwargs = {"cls_num_list": list(cls_num_list), "weight": torch.ones(len(cls_num_list)), **hparams}
+    return LOSSES.build(name, **kwargs)
 
 
 class WeightedLoss(nn.Module):
-    """Base: holds the per-class weight buffer ``weight`` (ones = unweighted) that train rules update."""
+    """Base: holds the per-class weight buffer ``weight`` that train rules update in place.
 
-    def __init__(self, cls_num_list: Sequence[int]):
+    ``weight`` initialises it; without it the buffer is ones(C) when the class count is known
+    (``num_classes``), else the loss is unweighted (``weight`` None, as upstream's ``FocalLoss()``)."""
+
+    def __init__(self, weight: Sequence[float] | torch.Tensor | None = None, num_classes: int | None = None):
         super().__init__()
-        self.register_buffer("weight", torch.ones(len(cls_num_list)))
+        if weight is None and num_classes is not None:
+            weight = torch.ones(num_classes)
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
     def set_class_weights(self, weights: Sequence[float] | np.ndarray | torch.Tensor) -> None:
+        if self.weight is None:
+            raise ValueError(f"{type(self).__name__} was built without class weights, so they cannot be updated in "
+                             "place; build it with weight=torch.ones(num_classes) (as losses.build_loss does)")
         self.weight.copy_(torch.as_tensor(np.asarray(weights, dtype=np.float32)))
 
 
-@register_loss("CE")
+@LOSSES.register("CE")
 class CrossEntropy(WeightedLoss):
     """Cross-entropy -log softmax(z)_y, weighted mean sum_i w_{y_i} l_i / sum_i w_{y_i} (PyTorch semantics)."""
 
-    def __init__(self, cls_num_list, args=None):
-        super().__init__(cls_num_list)
+    def __init__(self, weight=None):
+        super().__init__(weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target, weight=self.weight)
 
 
-@register_loss("Focal")
+@LOSSES.register("Focal")
 class FocalLoss(WeightedLoss):
-    """Focal loss (Lin et al. 2017) as used by LDAM-DRW: mean_i (1 - exp(-l_i))^gamma * l_i.
+    """Focal loss (Lin et al. 2017, eq. 4) as used by LDAM-DRW: mean_i (1 - exp(-l_i))^gamma * l_i.
+
+    Upstream signature ``FocalLoss(weight=None, gamma)``; without ``weight`` it is unweighted.
 
     l_i is the per-sample (class-weighted) cross-entropy, so with weights exp(-l_i) is not exactly the
     probability of the true class; this matches the reference implementations (SPEC section 1.6).
     """
 
-    def __init__(self, cls_num_list, args):
-        super().__init__(cls_num_list)
-        self.gamma = args.focal_gamma
+    flag_names = {"gamma": "focal_gamma"}
+    flag_help = {"gamma": "Focal loss gamma (imbalanced-semi-self hard-codes 1)"}
+
+    def __init__(self, weight=None, gamma: float = 1.0):
+        super().__init__(weight)
+        self.gamma = gamma
 
     def forward(self, logits, target):
         ce = F.cross_entropy(logits.float(), target, weight=self.weight, reduction="none")
@@ -109,19 +100,22 @@ def ldam_margins(cls_num_list: Sequence[int], max_m: float) -> np.ndarray:
     return m * (max_m / m.max())
 
 
-@register_loss("LDAM")
+@LOSSES.register("LDAM")
 class LDAMLoss(WeightedLoss):
     """Label-distribution-aware margin loss (Cao et al. 2019, eq. 13): CE(s * (z - Delta_y e_y), y).
 
     Meant for cosine logits (``use_norm=True``: NormedLinear head), hence the scale s (30 in the paper).
+    Upstream LDAM-DRW signature and order: ``LDAMLoss(cls_num_list, max_m=0.5, weight=None, s=30)``.
     """
 
     use_norm = True  # the model gets a NormedLinear head
+    flag_names = {"s": "ldam_s"}
+    flag_help = {"max_m": "LDAM largest margin (0.5 CIFAR, 0.3 iNat)", "s": "LDAM logit scale s"}
 
-    def __init__(self, cls_num_list, args):
-        super().__init__(cls_num_list)
-        self.register_buffer("margins", torch.as_tensor(ldam_margins(cls_num_list, args.max_m), dtype=torch.float32))
-        self.s = args.ldam_s
+    def __init__(self, cls_num_list: Sequence[int], max_m: float = 0.5, weight=None, s: float = 30.0):
+        super().__init__(weight, len(cls_num_list))
+        self.register_buffer("margins", torch.as_tensor(ldam_margins(cls_num_list, max_m), dtype=torch.float32))
+        self.s = s
 
     def forward(self, logits, target):
         shifted = logits.float() - F.one_hot(target, logits.shape[1]) * self.margins
@@ -149,30 +143,32 @@ class PriorAdjustedCE(WeightedLoss):
     def prior_scale(tau: float) -> float:
         return 1.0
 
-    def __init__(self, cls_num_list: Sequence[int], offset: np.ndarray):
-        super().__init__(cls_num_list)
+    def __init__(self, cls_num_list: Sequence[int], offset: np.ndarray, weight=None):
+        super().__init__(weight, len(cls_num_list))
         self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32))
 
     def forward(self, logits, target):
         return F.cross_entropy(logits.float() + self.offset, target, weight=self.weight)
 
 
-@register_loss("LA")
+@LOSSES.register("LA")
 class LogitAdjustedLoss(PriorAdjustedCE):
     """Logit-adjusted loss (Menon et al. 2021, section 4.2): CE(z + tau * log(pi + 1e-12), y); predict argmax z.
 
     At tau = 1 it equals ``BalancedSoftmax`` and LADE-CE (up to the 1e-12 / 1e-9 guards inside the log).
     """
 
+    flag_help = {"tau": "logit-adjustment temperature: LA loss z + tau*log(pi) and --posthoc la z - tau*log(pi)"}
+
     @staticmethod
     def prior_scale(tau: float) -> float:
         return tau
 
-    def __init__(self, cls_num_list, args):
-        super().__init__(cls_num_list, args.tau * np.log(class_prior(cls_num_list) + 1e-12))
+    def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, weight=None):
+        super().__init__(cls_num_list, tau * np.log(class_prior(cls_num_list) + 1e-12), weight)
 
 
-@register_loss("BalancedSoftmax")
+@LOSSES.register("BalancedSoftmax")
 class BalancedSoftmax(PriorAdjustedCE):
     """Balanced Softmax (Ren et al. 2020): CE(z + log pi, y), i.e. softmax with exp(z_c) weighted by n_c.
 
@@ -180,15 +176,15 @@ class BalancedSoftmax(PriorAdjustedCE):
     (log 0 is undefined); ``LA`` guards the log with 1e-12 instead.
     """
 
-    def __init__(self, cls_num_list, args=None):
+    def __init__(self, cls_num_list: Sequence[int], weight=None):
         empty = [c for c, n in enumerate(cls_num_list) if n <= 0]
         if empty:
             raise ValueError(f"--loss_type BalancedSoftmax needs every class in the training set; classes {empty} "
                              "have no image. Use --loss_type LA (log(pi + 1e-12)) instead")
-        super().__init__(cls_num_list, np.log(class_prior(cls_num_list)))
+        super().__init__(cls_num_list, np.log(class_prior(cls_num_list)), weight)
 
 
-@register_loss("LADE")
+@LOSSES.register("LADE")
 class LADELoss(PriorAdjustedCE):
     """LADE (Hong et al. 2021, eqs. 16 and 18-20; SPEC section 4): L = LADE-CE + alpha * LADER.
 
@@ -201,15 +197,19 @@ class LADELoss(PriorAdjustedCE):
     alpha = ``--lade_alpha`` (0.1), lambda = ``--remine_lambda`` (0.01): the CIFAR-100-LT setting.
     """
 
-    def __init__(self, cls_num_list, args):
+    flag_names = {"alpha": "lade_alpha"}
+    flag_help = {"alpha": "LADE: weight alpha of the LADER regulariser",
+                 "remine_lambda": "LADE: lambda of the regularised DV bound (T1 - T2 - lambda*T2^2)"}
+
+    def __init__(self, cls_num_list: Sequence[int], alpha: float = 0.1, remine_lambda: float = 0.01, weight=None):
         prior = class_prior(cls_num_list)
-        super().__init__(cls_num_list, np.log(prior + 1e-9))
-        if distributed.world_size() > 1:
+        super().__init__(cls_num_list, np.log(prior + 1e-9), weight)
+        if _distributed_world_size() > 1:
             warnings.warn("LADE under torchrun: LADER's per-class batch statistics use each process's share of the "
                           "batch (LADE's code computed them on the whole DataParallel batch)", stacklevel=2)
         self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
         self.log_uniform = float(np.log(1.0 / len(prior) + 1e-9))
-        self.alpha, self.lam = args.lade_alpha, args.remine_lambda
+        self.alpha, self.lam = alpha, remine_lambda
 
     def regulariser(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = logits.float()
@@ -220,6 +220,12 @@ class LADELoss(PriorAdjustedCE):
 
     def forward(self, logits, target):
         return super().forward(logits, target) + self.alpha * self.regulariser(logits, target)
+
+
+def _distributed_world_size() -> int:
+    """Processes of an initialised torch.distributed group (1 without one); losses stays free of engine."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def is_prior_adjusted(loss_type: str) -> bool:
@@ -244,14 +250,17 @@ def effective_number_weights(cls_num_list: Sequence[int], beta: float) -> np.nda
 
 
 class TrainRule:
-    """How classes are re-balanced. ``class_weights(epoch)`` feeds the loss; ``sample_weights`` a sampler."""
+    """How classes are re-balanced. ``class_weights(epoch)`` feeds the loss; ``sample_weights`` a sampler.
+
+    This base is ``--train_rule None``: weights all one (plain ERM), uniform shuffling."""
 
     resample = False
+    flag_names = {"start_epoch": "drw_epoch"}
+    flag_help = {"beta": "effective-number beta for Reweight/DRW/Resample",
+                 "start_epoch": "DRW: epoch (0-indexed) where re-weighting starts"}
 
-    def __init__(self, cls_num_list: Sequence[int], args: argparse.Namespace):
+    def __init__(self, cls_num_list: Sequence[int]):
         self.cls_num_list = list(cls_num_list)
-        self.beta = args.beta
-        self.drw_epoch = args.drw_epoch
 
     def class_weights(self, epoch: int) -> np.ndarray:
         return np.ones(len(self.cls_num_list))
@@ -261,39 +270,46 @@ class TrainRule:
         return None
 
 
-def register_rule(name: str):
-    def wrap(cls):
-        TRAIN_RULES[name] = cls
-        return cls
-    return wrap
+TRAIN_RULES.register("None", TrainRule)
 
 
-register_rule("None")(TrainRule)
+class EffectiveNumberRule(TrainRule):
+    """Base of the rules built on the effective-number weights of ``beta`` (``effective_number_weights``)."""
+
+    def __init__(self, cls_num_list: Sequence[int], beta: float = 0.9999):
+        super().__init__(cls_num_list)
+        self.beta = beta
 
 
-@register_rule("Reweight")
-class Reweight(TrainRule):
-    """Effective-number class weights in the loss for all epochs."""
+@TRAIN_RULES.register("Reweight")
+class Reweight(EffectiveNumberRule):
+    """Effective-number class weights in the loss for all epochs: w_c proportional to (1 - beta) / (1 - beta^n_c)
+    (the class-balanced loss of Cui et al. 2019)."""
 
     def class_weights(self, epoch):
         return effective_number_weights(self.cls_num_list, self.beta)
 
 
-@register_rule("DRW")
-class DeferredReweight(TrainRule):
-    """Deferred re-weighting (Cao et al. 2019, Alg. 1): no weights before ``drw_epoch``, effective-number after."""
+@TRAIN_RULES.register("DRW")
+class DeferredReweight(Reweight):
+    """Deferred re-weighting (Cao et al. 2019, Alg. 1): no weights before ``start_epoch``, effective-number after."""
+
+    def __init__(self, cls_num_list: Sequence[int], beta: float = 0.9999, start_epoch: int = 160):
+        super().__init__(cls_num_list, beta)
+        self.start_epoch = start_epoch
 
     def class_weights(self, epoch):
-        beta = self.beta if epoch >= self.drw_epoch else 0.0
+        beta = self.beta if epoch >= self.start_epoch else 0.0
         return effective_number_weights(self.cls_num_list, beta)
 
 
-@register_rule("Resample")
-class Resample(TrainRule):
+@TRAIN_RULES.register("Resample")
+class Resample(EffectiveNumberRule):
     """Class-balanced re-sampling: draw N samples per epoch with replacement, sample i with weight w_{y_i}.
 
-    w are the effective-number class weights (as the reference ``ImbalancedDatasetSampler``), read from the
-    labels given, so it works for any dataset (the reference sampler failed on SVHN's ``.labels``).
+    w_c proportional to (1 - beta) / (1 - beta^n_c), the effective-number class weights (Cui et al. 2019) as the
+    reference ``ImbalancedDatasetSampler``, read from the labels given, so it works for any dataset (the reference
+    sampler failed on SVHN's ``.labels``). The loss stays unweighted.
     """
 
     resample = True
@@ -302,21 +318,19 @@ class Resample(TrainRule):
         return effective_number_weights(self.cls_num_list, self.beta)[np.asarray(labels)]
 
 
-def build_train_rule(name: str, cls_num_list: Sequence[int], args: argparse.Namespace | None = None) -> TrainRule:
-    if name not in TRAIN_RULES:
-        raise ValueError(f"unknown --train_rule {name!r}; choose one of: {', '.join(sorted(TRAIN_RULES))}")
-    return TRAIN_RULES[name](cls_num_list, args if args is not None else default_loss_args())
+def build_train_rule(name: str, cls_num_list: Sequence[int], **hparams) -> TrainRule:
+    """``TRAIN_RULES[name](cls_num_list, ...)`` with the keywords of ``hparams`` it takes (the others ignored)."""
+    return TRAIN_RULES.build(name, cls_num_list, **hparams)
 
 
+@POSTHOC.register("la")
 def _posthoc_la(log_source, log_target, tau, prior_scale):
     return -tau * log_source
 
 
+@POSTHOC.register("pc")
 def _posthoc_pc(log_source, log_target, tau, prior_scale):
     return log_target - (1.0 - prior_scale) * log_source
-
-
-POSTHOC: dict[str, Callable[..., np.ndarray]] = {"la": _posthoc_la, "pc": _posthoc_pc}
 
 
 def validate_posthoc(kind: str, prior_adjusted: bool, target_prior: Sequence[float] | None = None) -> None:

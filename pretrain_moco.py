@@ -31,7 +31,6 @@ from engine.experiment import Experiment, store_name
 from engine.loaders import TorchLoader
 from engine.methods import MoCoMethod
 from engine.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
-from engine.schedules import lr_at
 from engine.trainer import LoopConfig
 from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, reference_split_file
 
@@ -195,7 +194,7 @@ def main(argv=None) -> torch.nn.Module:
                   f"{args.batch_size // world}, {len(loader)} steps/epoch, queue {args.moco_k}, seed {seed}, "
                   f"device {device}")
     exp.fit(MoCoMethod(moco, net=distributed.wrap_ddp(moco, device)), optimizer, loader,
-            lambda epoch: lr_at(args, epoch),
+            config.schedule_from_args(args),
             LoopConfig(args.epochs, args.start_epoch, args.print_freq, save_every=args.print_freq),
             os.path.join(args.root_path, args.dataset, "checkpoint"),
             {"arch": args.arch, "args": config.args_to_dict(args)})

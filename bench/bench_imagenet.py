@@ -92,9 +92,8 @@ def run(args) -> dict:
                                     args.batch)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory)
     y = torch.randint(0, CLASSES, (args.batch,), device=device)
-    compute = images_per_second(Trainer(method, optimizer, FixedBatches(x, y, args.steps), lambda epoch: 0.01, loop, None,
-                                        None, {}),
-                                args.batch)
+    compute = images_per_second(Trainer(method, optimizer, FixedBatches(x, y, args.steps), lambda epoch: 0.01, loop,
+                                        None, None, {}), args.batch)
     result = {"arch": args.arch, "batch": args.batch, "size": args.size, "device": str(device),
               "workers": args.workers, "amp": args.amp, "channels_last": args.channels_last,
               "loading_img_s": loading, "compute_img_s": compute, "ratio": loading / compute}

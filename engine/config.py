@@ -17,8 +17,10 @@ import yaml
 
 import losses
 import models
+import registry
 from imbalance_cifar import check_imb_factor
-from engine import distributed, schedules
+from engine import distributed
+from engine.schedules import SCHEDULES, LRSchedule
 
 
 def add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str], default: str = "cifar10") -> None:
@@ -41,11 +43,51 @@ def add_model_args(p: argparse.ArgumentParser, arch: str = "resnet32", loss_type
     g.add_argument("--train_rule", default=train_rule, choices=sorted(losses.TRAIN_RULES),
                    help="data/loss re-balancing rule")
     g.add_argument("--pretrained_model", default="", help="self-supervised checkpoint to initialise the backbone")
-    losses.add_loss_args(p)
+    add_loss_args(p)
+
+
+def add_hyperparameter_args(group, hyperparameters: Sequence[registry.HyperParameter], **defaults) -> None:
+    """One ``--{dest}`` flag per declared hyper-parameter, typed by its default (``defaults``: other defaults
+    by destination, e.g. a script's ``warmup_epochs=0``)."""
+    unknown = set(defaults) - {hp.dest for hp in hyperparameters}
+    if unknown:
+        raise TypeError(f"no hyper-parameter flag {sorted(unknown)}; declared: {[hp.dest for hp in hyperparameters]}")
+    for hp in hyperparameters:
+        default = defaults.get(hp.dest, hp.default)
+        if hp.type is bool:
+            group.add_argument(f"--{hp.dest}", action=argparse.BooleanOptionalAction, default=default, help=hp.help)
+        elif hp.nargs:
+            group.add_argument(f"--{hp.dest}", type=hp.type, nargs=hp.nargs, default=list(default), help=hp.help)
+        else:
+            group.add_argument(f"--{hp.dest}", type=hp.type, default=default, help=hp.help)
+
+
+def add_loss_args(p: argparse.ArgumentParser) -> None:
+    """The hyper-parameters the registered losses and train rules declare (defaults: the papers' CIFAR settings)."""
+    add_hyperparameter_args(p.add_argument_group("loss"),
+                            losses.LOSSES.hyperparameters() + losses.TRAIN_RULES.hyperparameters())
+
+
+def registry_kwargs(reg: registry.Registry, name: str, args: argparse.Namespace) -> dict:
+    """The constructor keywords of ``reg[name]`` from parsed flags (flag destinations mapped back to keywords)."""
+    return registry.kwargs_from(reg[name], vars(args), reg.context)
+
+
+def loss_from_args(args: argparse.Namespace, cls_num_list: Sequence[int]) -> torch.nn.Module:
+    """``--loss_type`` with its hyper-parameter flags, for the training class counts."""
+    return losses.build_loss(args.loss_type, cls_num_list, **registry_kwargs(losses.LOSSES, args.loss_type, args))
+
+
+def train_rule_from_args(args: argparse.Namespace, cls_num_list: Sequence[int]) -> losses.TrainRule:
+    """``--train_rule`` with its hyper-parameter flags, for the training class counts."""
+    return losses.build_train_rule(args.train_rule, cls_num_list,
+                                   **registry_kwargs(losses.TRAIN_RULES, args.train_rule, args))
 
 
 def add_optim_args(p: argparse.ArgumentParser, epochs: int = 200, batch_size: int = 128, lr: float = 0.1,
-                   weight_decay: float = 2e-4, **schedule_defaults) -> None:
+                   weight_decay: float = 2e-4, schedule: str = "step", **schedule_defaults) -> None:
+    """SGD and LR-schedule flags; ``schedule_defaults`` replace ``LRSchedule``'s (``warmup_epochs``,
+    ``warmup_factor``, ``milestones``, ``lr_factors``) for this script."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", default=epochs, type=int, metavar="N", help="number of total epochs to run")
     g.add_argument("--start-epoch", default=0, type=int, metavar="N",
@@ -56,7 +98,14 @@ def add_optim_args(p: argparse.ArgumentParser, epochs: int = 200, batch_size: in
     g.add_argument("--momentum", default=0.9, type=float, metavar="M", help="SGD momentum")
     g.add_argument("--wd", "--weight-decay", default=weight_decay, type=float, metavar="W", dest="weight_decay",
                    help="weight decay")
-    schedules.add_schedule_args(p, **schedule_defaults)
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--lr_schedule", default=schedule, choices=SCHEDULES.names(), help="per-epoch LR schedule")
+    add_hyperparameter_args(g, registry.declared(LRSchedule), **schedule_defaults)
+
+
+def schedule_from_args(args: argparse.Namespace) -> LRSchedule:
+    """The LR schedule of ``--lr_schedule --lr --epochs`` and the schedule flags; invalid numbers: ValueError."""
+    return LRSchedule(args.lr_schedule, args.lr, args.epochs, **registry.kwargs_from(LRSchedule, vars(args)))
 
 
 def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
@@ -197,7 +246,7 @@ def validate_common(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: no file {path!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    schedules.validate_schedule(args)
+    schedule_from_args(args)
     if hasattr(args, "posthoc"):
         validate_eval(args)
 

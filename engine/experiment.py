@@ -19,13 +19,13 @@ import losses
 import models
 from engine import distributed
 from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
-from engine.config import args_to_dict, resolve_device
+from engine.config import (args_to_dict, loss_from_args, resolve_device, schedule_from_args,
+                           train_rule_from_args)
 from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
 from engine.shifted import run_shifted_eval
 from engine.methods import Classification, Method
-from engine.schedules import lr_at
 from engine.trainer import LoopConfig, Trainer
 
 
@@ -173,8 +173,8 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
         report = load_pretrained_backbone(model, args.pretrained_model)
         run.print(f"=> self-supervised init from {args.pretrained_model}: loaded {len(report['loaded'])} tensors, "
                   f"fresh: {report['missing']}")
-    rule = losses.build_train_rule(args.train_rule, cls_num_list, args)
-    criterion = losses.build_loss(args.loss_type, cls_num_list, args).to(device)
+    rule = train_rule_from_args(args, cls_num_list)
+    criterion = loss_from_args(args, cls_num_list).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     train_loader = make_loader(train_set, spec, args, device, train=True, seed=exp.seed,
@@ -188,7 +188,7 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
         load_model_weights(model, resume)
     run.print(f"=> {name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {exp.seed}, "
               f"device {device}")
-    summary = exp.fit(method, optimizer, train_loader, lambda epoch: lr_at(args, epoch),
+    summary = exp.fit(method, optimizer, train_loader, schedule_from_args(args),
                       LoopConfig(args.epochs, args.start_epoch, args.print_freq), os.path.join(args.root_model, name),
                       meta, evaluate=evaluate_fn)
     if summary["last"]:

@@ -3,73 +3,76 @@
 ``step``   (LDAM-DRW / imbalanced-semi-self, SPEC section 1.7, corrected order): linear warm-up
            lr * (epoch + 1) / W for the first W epochs, then lr * factor_k where k is the number of
            milestones already reached (defaults: x0.01 from epoch 160, x1e-4 from epoch 180, 0-indexed).
-           In general the warm-up is lr * (f + (1 - f) * (epoch + 1) / W) with f = ``--warmup_factor``: f = 0
+           In general the warm-up is lr * (f + (1 - f) * (epoch + 1) / W) with f = ``warmup_factor``: f = 0
            is the above; f = 1/3 is LADE's WarmupMultiStep (Hong et al. 2021 code), whose scheduler steps at the
            start of every epoch, so epoch e runs at its value for e + 1 (and its milestones 120/160 are 119/159
            here, 0-indexed).
 ``cosine`` (MoCo v2, classifier-balancing): lr * 0.5 * (1 + cos(pi * epoch / epochs)), after the warm-up.
+
+``LRSchedule`` holds the numbers and is called with the epoch; its keyword defaults declare the schedule flags
+(engine/config.py derives ``--warmup_epochs --warmup_factor --milestones --lr_factors`` from them).
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Sequence
 
-SCHEDULES: dict[str, Callable[[argparse.Namespace, int], float]] = {}
+from registry import Registry
 
-
-def add_schedule_args(parser: argparse.ArgumentParser, schedule: str = "step", warmup_epochs: int = 5,
-                      milestones=(160, 180), lr_factors=(0.01, 0.0001)) -> None:
-    g = parser.add_argument_group("learning-rate schedule")
-    g.add_argument("--lr_schedule", default=schedule, choices=sorted(SCHEDULES), help="per-epoch LR schedule")
-    g.add_argument("--warmup_epochs", type=int, default=warmup_epochs, help="linear warm-up length (epochs)")
-    g.add_argument("--warmup_factor", type=float, default=0.0,
-                   help="warm-up lr * (f + (1 - f) * (epoch + 1) / W): 0 as LDAM-DRW, 1/3 as LADE")
-    g.add_argument("--milestones", type=int, nargs="*", default=list(milestones),
-                   help="step schedule: epochs (0-indexed) where the LR factor changes")
-    g.add_argument("--lr_factors", type=float, nargs="*", default=list(lr_factors),
-                   help="step schedule: LR multiplier from each milestone on (absolute, not cumulative)")
+SCHEDULES = Registry("schedule", flag="--lr_schedule")
 
 
-def _warmup(args, epoch: int) -> float | None:
-    if epoch >= args.warmup_epochs:
-        return None
-    start = getattr(args, "warmup_factor", 0.0)
-    return args.lr * (start + (1.0 - start) * (epoch + 1) / args.warmup_epochs)
+@SCHEDULES.register("step")
+def _step(schedule: "LRSchedule", epoch: int) -> float:
+    k = bisect.bisect_right(schedule.milestones, epoch)
+    return schedule.lr * (schedule.lr_factors[k - 1] if k else 1.0)
 
 
-def _step(args, epoch: int) -> float:
-    warm = _warmup(args, epoch)
-    if warm is not None:
-        return warm
-    k = bisect.bisect_right(args.milestones, epoch)
-    return args.lr * (args.lr_factors[k - 1] if k else 1.0)
+@SCHEDULES.register("cosine")
+def _cosine(schedule: "LRSchedule", epoch: int) -> float:
+    return schedule.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / schedule.epochs))
 
 
-def _cosine(args, epoch: int) -> float:
-    warm = _warmup(args, epoch)
-    if warm is not None:
-        return warm
-    return args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of each (0-indexed) epoch: ``schedule(epoch) -> lr``.
 
+    ``kind`` names the shape after the warm-up (``SCHEDULES``: step, cosine); ``lr`` is the base rate and
+    ``epochs`` the run length (cosine). The constructor checks the numbers; errors name the flags.
+    """
 
-SCHEDULES.update(step=_step, cosine=_cosine)
+    flag_help = {"warmup_epochs": "linear warm-up length (epochs)",
+                 "warmup_factor": "warm-up lr * (f + (1 - f) * (epoch + 1) / W): 0 as LDAM-DRW, 1/3 as LADE",
+                 "milestones": "step schedule: epochs (0-indexed) where the LR factor changes",
+                 "lr_factors": "step schedule: LR multiplier from each milestone on (absolute, not cumulative)"}
 
+    kind: str
+    lr: float
+    epochs: int
+    warmup_epochs: int = 5
+    warmup_factor: float = 0.0
+    milestones: Sequence[int] = (160, 180)
+    lr_factors: Sequence[float] = (0.01, 0.0001)
 
-def lr_at(args: argparse.Namespace, epoch: int) -> float:
-    """The learning rate for (0-indexed) ``epoch`` under ``args.lr_schedule``."""
-    return SCHEDULES[args.lr_schedule](args, epoch)
+    def __post_init__(self):
+        SCHEDULES[self.kind]  # an unknown kind names --lr_schedule and the choices
+        # tuples: the schedule is a value (hashable, not changed behind the trainer's back)
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        object.__setattr__(self, "lr_factors", tuple(self.lr_factors))
+        if len(self.milestones) != len(self.lr_factors):
+            raise ValueError(f"--milestones {list(self.milestones)} and --lr_factors {list(self.lr_factors)} must "
+                             "have the same length: one LR factor per milestone")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"--milestones must be increasing, got {list(self.milestones)}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0.0 <= self.warmup_factor <= 1.0:
+            raise ValueError(f"--warmup_factor must be in [0, 1], got {self.warmup_factor}")
 
-
-def validate_schedule(args: argparse.Namespace) -> None:
-    if len(args.milestones) != len(args.lr_factors):
-        raise ValueError(f"--milestones {args.milestones} and --lr_factors {args.lr_factors} must have the same "
-                         "length: one LR factor per milestone")
-    if list(args.milestones) != sorted(args.milestones):
-        raise ValueError(f"--milestones must be increasing, got {args.milestones}")
-    if args.warmup_epochs < 0:
-        raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
-    factor = getattr(args, "warmup_factor", 0.0)
-    if not 0.0 <= factor <= 1.0:
-        raise ValueError(f"--warmup_factor must be in [0, 1], got {factor}")
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            f = self.warmup_factor
+            return self.lr * (f + (1.0 - f) * (epoch + 1) / self.warmup_epochs)
+        return SCHEDULES[self.kind](self, epoch)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 import losses
 import models
-from engine import config, distributed, schedules
+from engine import config, distributed
 from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
                                save_checkpoint)
 from engine.config import args_to_dict
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_rule", default="None", choices=sorted(n for n, r in losses.TRAIN_RULES.items()
                                                                    if not r.resample),
                    help="loss re-weighting rule (re-sampling is --sampler)")
-    losses.add_loss_args(p)
+    config.add_loss_args(p)
 
     g = p.add_argument_group("stage")
     g.add_argument("--stage", default="feature", choices=sorted(STAGES),
@@ -156,7 +156,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--resize_size ({args.resize_size}) must be >= --crop_size ({args.crop_size})")
     if not 0 <= args.start_epoch <= args.epochs:
         raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
-    schedules.validate_schedule(args)
+    config.schedule_from_args(args)
     if args.loader != "torch":
         raise ValueError("--loader must be torch here: images are decoded by DataLoader workers "
                          "(--loader device holds CIFAR-size arrays on the device)")
@@ -280,8 +280,8 @@ def train(model, splits, args, exp: Experiment, meta: dict) -> dict:
     counts = splits["train"].get_cls_num_list()
     trainable = list(model.parameters()) if STAGES[args.stage].train_backbone else freeze_backbone(model)
     net = distributed.wrap_ddp(model, device)
-    criterion = losses.build_loss(args.loss_type, counts, args).to(device)
-    rule = losses.build_train_rule(args.train_rule, counts, args)
+    criterion = config.loss_from_args(args, counts).to(device)
+    rule = config.train_rule_from_args(args, counts)
     method = Classification(model, criterion, rule, net=net, amp=args.amp, freeze_bn=args.freeze_bn,
                             compile_mode=args.compile_mode if args.compile else None)
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -289,7 +289,7 @@ def train(model, splits, args, exp: Experiment, meta: dict) -> dict:
     if exp.resume is not None:
         load_model_weights(model, exp.resume)
     summary = exp.fit(method, optimizer, train_loader(splits["train"], args, device, exp.seed),
-                      lambda epoch: schedules.lr_at(args, epoch),
+                      config.schedule_from_args(args),
                       LoopConfig(args.epochs, args.start_epoch, args.print_freq), args.log_dir, meta,
                       evaluate=lambda: evaluate_split(model, val_loader, args, counts))
     if distributed.world_size() > 1:

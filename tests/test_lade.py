@@ -14,13 +14,6 @@ from engine.checkpoint import load_checkpoint
 CONFIG_DIRS = [os.path.join(os.path.dirname(__file__), "..", "configs", d) for d in ("lade", "logit_adjustment")]
 
 
-def loss_args(**overrides):
-    args = losses.default_loss_args()
-    for k, v in overrides.items():
-        setattr(args, k, v)
-    return args
-
-
 def ce(z, y):
     """-log softmax(z)_y for a list z."""
     return -(z[y] - math.log(sum(math.exp(v) for v in z)))
@@ -31,11 +24,11 @@ def ce(z, y):
 def test_la_loss_hand_values():
     # counts [3, 1]: pi = [3/4, 1/4]. z = 0, y = 1: softmax(log pi) = pi, so the loss is -log(1/4) = log 4.
     z, y = torch.zeros(1, 2), torch.tensor([1])
-    assert losses.build_loss("LA", [3, 1], loss_args(tau=1.0))(z, y).item() == pytest.approx(math.log(4), rel=1e-6)
+    assert losses.build_loss("LA", [3, 1], tau=1.0)(z, y).item() == pytest.approx(math.log(4), rel=1e-6)
     # tau = 2: z + 2 log pi = log([9/16, 1/16]), p_1 = (1/16) / (10/16) = 1/10, loss log 10.
-    assert losses.build_loss("LA", [3, 1], loss_args(tau=2.0))(z, y).item() == pytest.approx(math.log(10), rel=1e-6)
+    assert losses.build_loss("LA", [3, 1], tau=2.0)(z, y).item() == pytest.approx(math.log(10), rel=1e-6)
     # tau = 0 is plain cross-entropy: log 2.
-    assert losses.build_loss("LA", [3, 1], loss_args(tau=0.0))(z, y).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert losses.build_loss("LA", [3, 1], tau=0.0)(z, y).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_balanced_softmax_hand_value():
@@ -55,9 +48,9 @@ def test_la_tau1_equals_balanced_softmax_equals_lade_ce():
     counts = [int(500 * 0.01 ** (i / 99)) for i in range(100)]  # CIFAR-100-LT rho=100, min 5
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(64, 100, generator=g) * 3, torch.randint(0, 100, (64,), generator=g)
-    la = losses.build_loss("LA", counts, loss_args(tau=1.0))
+    la = losses.build_loss("LA", counts, tau=1.0)
     bs = losses.build_loss("BalancedSoftmax", counts)
-    lade_ce = losses.build_loss("LADE", counts, loss_args(lade_alpha=0.0))
+    lade_ce = losses.build_loss("LADE", counts, alpha=0.0)
     for crit in (la, bs, lade_ce):  # also with class weights (the CE part honours train rules)
         crit.set_class_weights(np.linspace(0.5, 2.0, 100))
     values = [crit(z, y).item() for crit in (la, bs, lade_ce)]
@@ -92,7 +85,7 @@ def test_lader_closed_form_with_an_absent_class():
     # LADER = 3/4 (log(2/3) + lam log(2/3)^2) + 1/4 (log 2 + lam log(2)^2); LADE-CE = -log(3/4).
     lam = 0.01
     lader = 0.75 * (math.log(2 / 3) + lam * math.log(2 / 3) ** 2) + 0.25 * (math.log(2) + lam * math.log(2) ** 2)
-    crit = losses.build_loss("LADE", [3, 1], loss_args(lade_alpha=1.0, remine_lambda=lam))
+    crit = losses.build_loss("LADE", [3, 1], alpha=1.0, remine_lambda=lam)
     z, y = torch.zeros(2, 2), torch.tensor([0, 0])
     assert crit.regulariser(z, y).item() == pytest.approx(lader, rel=1e-5)
     assert crit(z, y).item() == pytest.approx(-math.log(0.75) + lader, rel=1e-5)
