@@ -19,7 +19,7 @@ import losses
 import models
 from engine import distributed
 from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
-from engine.config import args_to_dict, resolve_device
+from engine.config import args_to_dict, loader_kwargs, resolve_device
 from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
@@ -113,7 +113,7 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
         check_trained_loss(args, resume)
     cls_num_list = train_set.get_cls_num_list()
     model = build_classifier(args, spec.num_classes, device)
-    test_loader = make_loader(test_set, spec, args, device, train=False)
+    test_loader = make_loader(test_set, spec, device, train=False, **loader_kwargs(args))
     run = RunLog(os.path.join(args.root_log, name), None if args.evaluate else dict(args_to_dict(args), seed=seed),
                  tensorboard=not args.evaluate)
     adjustment = losses.posthoc_adjustment(getattr(args, "posthoc", "none"), cls_num_list,
@@ -140,8 +140,8 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     criterion = losses.build_loss(args.loss_type, cls_num_list, args).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    train_loader = make_loader(train_set, spec, args, device, train=True, seed=seed,
-                               sample_weights=rule.sample_weights(np.asarray(train_set.targets)))
+    train_loader = make_loader(train_set, spec, device, train=True, seed=seed,
+                               sample_weights=rule.sample_weights(np.asarray(train_set.targets)), **loader_kwargs(args))
     step = ClassificationStep(distributed.wrap_ddp(model, device), criterion, rule, batch_transform,
                               compile_mode=args.compile_mode if args.compile else None)
     meta = {"arch": args.arch, "num_classes": spec.num_classes,
