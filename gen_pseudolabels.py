@@ -1,5 +1,6 @@
 """Pseudo-label an unlabeled pool with a base classifier (Yang & Xu 2020, step 2 of the semi-supervised pipeline;
-SPEC section 1.3). See engine/pseudolabel.py for the pools, the prediction and the file formats.
+SPEC section 1.3). See engine/pseudolabel.py for the prediction, engine/data.py for the pools and
+engine/pseudolabel_files.py for the file formats.
 
     python train.py --dataset cifar10 --imb_factor 0.01 --loss_type CE                      # 1. base model on D_L
     python gen_pseudolabels.py --dataset cifar10 \\
@@ -20,19 +21,20 @@ import os
 
 import torch
 
-import imbalance_cifar
 import losses
 import models
 from engine import config, pseudolabel
 from engine.checkpoint import load_checkpoint, load_model_weights
-from engine.data import DATASETS
+from engine.data import DATASETS, SEMI_SUPERVISED
+from engine.datafiles import TINY_IMAGES_FILE
 from engine.experiment import uses_normed_head
+from engine.pseudolabel_files import DEFAULT_EXTENSIONS, check_output, write_pseudo_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of flag values (command-line flags win)")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(pseudolabel.SOURCES), help="dataset")
+    p.add_argument("--dataset", default="cifar10", choices=sorted(SEMI_SUPERVISED), help="dataset")
     p.add_argument("-a", "--arch", metavar="ARCH", default="resnet32", choices=models.model_names(),
                    help="architecture when the checkpoint does not record its 'arch'")
     p.add_argument("--loss_type", default="CE", choices=sorted(losses.LOSSES),
@@ -42,14 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: cuda if present)")
     p.add_argument("--resume", default="", metavar="PATH", help="checkpoint of the base classifier (required)")
     p.add_argument("--data_dir", default="./data", help="folder holding the unlabeled pool")
-    p.add_argument("--data_filename", default=imbalance_cifar.TINY_IMAGES_FILE,
-                   help="tinyimages pool file in --data_dir (train_semi.py reads "
-                        f"{imbalance_cifar.TINY_IMAGES_FILE})")
+    p.add_argument("--data_filename", default=TINY_IMAGES_FILE,
+                   help=f"tinyimages pool file in --data_dir (train_semi.py reads {TINY_IMAGES_FILE})")
     p.add_argument("--output_dir", default="./data", help="folder of the pseudo-label file")
     p.add_argument("--output_filename", default=None,
                    help="pseudo-label file name: .npz (default pseudo_labeled_cifar.npz / pseudo_labeled_svhn.npz) "
                         "or .pickle/.pkl for the upstream format")
-    pseudolabel.add_unlabeled_source_arg(p)
+    config.add_unlabeled_source_arg(p)
     p.add_argument("--confidence_threshold", type=float, default=None,
                    help="label -1 (no pseudo-label) where the max softmax probability is below this (default: none)")
     p.add_argument("--batch_size", type=int, default=1000, help="prediction batch size")
@@ -63,15 +64,16 @@ def validate(args: argparse.Namespace) -> None:
                          f"from python train.py --dataset {args.dataset} --imb_factor 0.01 --loss_type CE")
     if not os.path.isfile(args.resume):
         raise ValueError(f"--resume: no file {args.resume!r}")
-    args.unlabeled_source = pseudolabel.resolve_source(args.dataset, args.unlabeled_source)
+    spec = DATASETS[args.dataset]
+    args.unlabeled_source = spec.unlabeled_source(args.unlabeled_source)
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
     if args.confidence_threshold is not None and not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence_threshold is a softmax probability in [0, 1], got {args.confidence_threshold}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    args.output_filename = args.output_filename or pseudolabel.FILE_STEMS[args.dataset] + ".npz"
-    pseudolabel.check_output(os.path.join(args.output_dir, args.output_filename), args.overwrite)
+    args.output_filename = args.output_filename or spec.pseudo_label_stem + DEFAULT_EXTENSIONS[0]
+    check_output(os.path.join(args.output_dir, args.output_filename), args.overwrite)
 
 
 def main(argv=None) -> str:
@@ -83,18 +85,18 @@ def main(argv=None) -> str:
     use_norm = bool(ckpt.get("use_norm", uses_normed_head(args.loss_type)))
     model = models.build_model(arch, spec.num_classes, use_norm=use_norm)
     load_model_weights(model, ckpt)
-    images, ground_truth = pseudolabel.load_pool(args.dataset, args.unlabeled_source, args.data_dir,
-                                                 args.data_filename)
+    images, labels = spec.load_pool(args.data_dir, args.unlabeled_source, file=args.data_filename)
+    ground_truth = labels if spec.pools[spec.pool_name(args.unlabeled_source)].true_labels else None
     device = config.resolve_device(args)
     print(f"=> {arch} (cosine head: {use_norm}) from {args.resume} labels {len(images)} images of the "
-          f"{args.dataset} pool {args.unlabeled_source or 'extra'} on {device}", flush=True)
+          f"{args.dataset} pool {spec.pool_name(args.unlabeled_source)} on {device}", flush=True)
     # a checkpoint without ``ldam_s`` was trained with LDAMLoss's default scale (the --ldam_s default)
     default_scale = inspect.signature(losses.LDAMLoss).parameters["s"].default
     scale = ckpt.get("args", {}).get("ldam_s", default_scale) if use_norm else 1.0
     predictions, confidence = pseudolabel.predict(model.to(device), images, spec.mean, spec.std, args.batch_size,
                                                   logit_scale=scale)
     predictions = pseudolabel.apply_threshold(predictions, confidence, args.confidence_threshold)
-    pseudolabel.write_pseudo_labels(output, predictions, confidence, args.resume, ground_truth, args.overwrite)
+    write_pseudo_labels(output, predictions, confidence, args.resume, ground_truth, args.overwrite)
     print(f"=> {output}: {pseudolabel.describe(predictions, spec.num_classes, ground_truth)}", flush=True)
     return output
 

@@ -5,9 +5,10 @@
     python pretrain_moco.py --dataset cifar10 --data ./data --imb_factor 0.01 --moco-k 4096
     python train.py --dataset cifar10 --pretrained_model ./data/cifar10/checkpoint/moco_ckpt_0200.pth.tar
 
-Data: ImageNet-LT / iNaturalist 2018 training lists (paths relative to --data; --list_file to override), or
-CIFAR-10/100-LT (--imb_type/--imb_factor/--rand_number). Backbone (-a): resnet50 for imagenet/inat, resnet32
-for cifar10/cifar100 unless given. Multi-GPU: launch with torchrun (DDP, NCCL on GPUs, Gloo on CPUs); this
+Data: any data set of engine.data.DATASETS: ImageNet-LT / iNaturalist 2018 training lists (paths relative to
+--data; --list_file to override), or the in-memory long-tailed sets, CIFAR-10/100-LT and SVHN-LT
+(--imb_type/--imb_factor/--rand_number). Backbone (-a): the data set's default, resnet50 for imagenet/inat,
+resnet32 for the CIFAR-size sets, unless given. Multi-GPU: launch with torchrun (DDP, NCCL on GPUs, Gloo on CPUs); this
 replaces the reference's --multiprocessing-distributed/--world-size/--rank/--dist-url/--dist-backend.
 -b is the total batch over all processes and --moco-k must be a multiple of it.
 The reference declared --mlp/--aug-plus/--cos with type=bool, so they could not be turned off; here they
@@ -18,57 +19,30 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 import models
 from engine import config, distributed
 from engine.checkpoint import strip_prefix
-from engine.data import DATASETS
+from engine.data import DATASETS, DatasetSpec
 from engine.experiment import Experiment, store_name
 from engine.loaders import TorchLoader
 from engine.methods import MoCoMethod
 from engine.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
 from engine.trainer import LoopConfig
-from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, reference_split_file
 
 
-@dataclass(frozen=True)
-class MocoData:
-    """Where a data set's training images come from and how its views are cut and normalised."""
-    arch: str                      # default backbone
-    size: int                      # crop size of the views
-    mean: tuple
-    std: tuple
-    list_file: str | None          # default split file (image-list data sets)
-    build: Callable                # (args, transform) -> dataset
+def default_list_file(spec: DatasetSpec) -> str | None:
+    """The reference's training list imagenet_inat/data/{list_name}/{train file}; None for in-memory data."""
+    return None if spec.in_memory else spec.reference_list_file("train")
 
 
-def _list_dataset(args, transform):
-    return ListDataset(args.data_path, args.list_file, transform)
-
-
-def _lt_dataset(name):
-    def build(args, transform):
-        dataset = DATASETS[name].train(args)
-        dataset.transform = transform
-        return dataset
-    return build
-
-
-def _list_source(name):
-    """ImageNet-LT / iNaturalist 2018: the reference's default list imagenet_inat/data/{name}/{train file}."""
-    spec = LT_DATASETS[name]
-    return MocoData("resnet50", 224, spec.mean, spec.std, reference_split_file(name, "train"), _list_dataset)
-
-
-MOCO_DATA = {
-    **{flag: _list_source(name) for flag, name in REFERENCE_NAMES.items()},
-    **{name: MocoData("resnet32", 32, DATASETS[name].mean, DATASETS[name].std, None, _lt_dataset(name))
-       for name in ("cifar10", "cifar100")},
-}
+def train_set(args: argparse.Namespace, spec: DatasetSpec, transform):
+    """The training images of --dataset with the two-view ``transform`` (PIL images: the MoCo augmentations are
+    PIL pipelines); image-list data from --list_file."""
+    return spec.build("train", list_file=args.list_file, transform=transform, decode="pil",
+                      **config.dataset_kwargs(args))
 
 
 class CosAction(argparse.BooleanOptionalAction):
@@ -88,13 +62,14 @@ class ScheduleAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, MOCO_DATA, default="imagenet")
+    config.add_data_args(p, DATASETS, default="imagenet")
     g = p.add_argument_group("MoCo")
     g.add_argument("--data", dest="data_path", default=argparse.SUPPRESS, help="the reference's name of --data_path")
     g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
     g.add_argument("--root_path", default="./data", help="checkpoints go to {root_path}/{dataset}/checkpoint/")
     g.add_argument("-a", "--arch", default=None, choices=models.model_names(),
-                   help="backbone (default: resnet50 for imagenet/inat, resnet32 for cifar10/cifar100)")
+                   help="backbone (default: the data set's, resnet50 for imagenet/inat, resnet32 for the CIFAR-size "
+                        "sets)")
     g.add_argument("--moco-dim", default=128, type=int, help="feature dimension")
     g.add_argument("--moco-k", default=65536, type=int, help="queue size: number of negative keys")
     g.add_argument("--moco-m", default=0.999, type=float, help="momentum of the key encoder")
@@ -138,7 +113,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.bn_splits < 1 or (args.batch_size // distributed.launched_world_size()) % args.bn_splits:
         raise ValueError(f"--bn-splits {args.bn_splits} must be positive and divide each process's batch "
                          f"({args.batch_size // distributed.launched_world_size()})")
-    default_list = MOCO_DATA[args.dataset].list_file
+    default_list = default_list_file(DATASETS[args.dataset])
     if args.list_file and default_list is None:
         raise ValueError(f"--list_file is for the image-list data sets (imagenet, inat); --dataset {args.dataset} "
                          "reads --data")
@@ -148,10 +123,10 @@ def validate(args: argparse.Namespace) -> None:
                          "ImageNet-LT / iNaturalist 2018 lists or pass --list_file PATH")
 
 
-def build_loader(args, source: MocoData, device: torch.device, seed: int) -> TorchLoader:
+def build_loader(args, spec: DatasetSpec, device: torch.device, seed: int) -> TorchLoader:
     """Two views per image; each process draws its share of every total batch of -b (drop_last, as upstream)."""
-    views = TwoCropsTransform(AUGMENTATIONS[args.aug_plus](source.size, source.mean, source.std))
-    return TorchLoader(source.build(args, views), batch_size=distributed.per_process_batch(args.batch_size),
+    views = TwoCropsTransform(AUGMENTATIONS[args.aug_plus](spec.image_size, spec.mean, spec.std))
+    return TorchLoader(train_set(args, spec, views), batch_size=distributed.per_process_batch(args.batch_size),
                        device=device, train=True, workers=-(-args.workers // distributed.world_size()), seed=seed,
                        drop_last=True)
 
@@ -171,15 +146,15 @@ def build_moco_model(args, device: torch.device, resume: dict | None):
 def main(argv=None) -> torch.nn.Module:
     """Pre-train; returns the MoCo module (encoder_q, encoder_k, queue) of this process."""
     args = config.parse(build_parser(), argv, validate)
-    source = MOCO_DATA[args.dataset]
-    args.arch = args.arch or source.arch
-    args.list_file = args.list_file or source.list_file
-    fields = ("dataset", "arch", "exp_str") if source.list_file else ("dataset", "arch", "imb_type", "imb_factor",
-                                                                      "exp_str")
+    spec = DATASETS[args.dataset]
+    args.arch = args.arch or spec.default_arch
+    args.list_file = args.list_file or default_list_file(spec)
+    long_tail = ("imb_type", "imb_factor") if spec.in_memory else ()  # the reference's run-name fields
+    fields = ("dataset", "arch", *long_tail, "exp_str")
     exp = Experiment(log_dir=os.path.join(args.root_log, store_name(args, fields)), record=config.args_to_dict(args),
                      device=config.resolve_device(args), seed=args.seed, resume=args.resume)
     device, seed = exp.device, exp.seed
-    loader = build_loader(args, source, device, seed)
+    loader = build_loader(args, spec, device, seed)
     moco = build_moco_model(args, device, exp.resume)
     # All parameters, as the reference (its optimizer state then resumes here); the key encoder gets no
     # gradient, and SGD skips parameters without one.

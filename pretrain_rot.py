@@ -40,11 +40,10 @@ import torch
 from torch.utils.data import Dataset
 
 from engine import config
-from engine.data import DATASETS, DatasetSpec, check_loader
+from engine.data import DATASETS, check_loader
 from engine.experiment import run_classification, store_name
+from engine.imagesets import ImageArrayDataset
 from engine.methods import ROTATIONS, RotationPrediction
-from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, list_transform, reference_split_file
-from imbalance_cifar import ImageArrayDataset
 
 def rotation_train_set(train_set):
     """The training images as a 4-class set. Targets i mod 4 stand for a balanced rotation assignment (the
@@ -89,28 +88,24 @@ def rotated_test_set(test_set):
 def list_file(args: argparse.Namespace, split: str) -> str:
     """--list_file (train) / --val_list_file (val), else the reference's split file of --dataset."""
     given = args.list_file if split == "train" else args.val_list_file
-    return given or reference_split_file(REFERENCE_NAMES[args.dataset], split)
+    return given or DATASETS[args.dataset].reference_list_file(split)
 
 
-def list_source(name: str) -> DatasetSpec:
-    """ImageNet-LT / iNaturalist 2018 read from split files (the reference's imagenet / inat)."""
-    lt = LT_DATASETS[name]
-
-    def build(split: str):
-        return lambda a: ListDataset(a.data_path, list_file(a, split),
-                                     list_transform(lt, split == "train", a.crop_size, a.resize_size),
-                                     decode="tensor")
-    return DatasetSpec(lt.num_classes, lt.mean, lt.std, train=build("train"), test=build("val"), in_memory=False)
+def data_set(args: argparse.Namespace, split: str):
+    """The ``split`` set of --dataset (image-list data: from ``list_file``, with the ImageNet-LT pipeline)."""
+    spec = DATASETS[args.dataset]
+    files = {} if spec.in_memory else {"list_file": list_file(args, split)}
+    return spec.build(split, **files, **config.dataset_kwargs(args))
 
 
-SOURCES: dict[str, DatasetSpec] = {**DATASETS, **{flag: list_source(name) for flag, name in REFERENCE_NAMES.items()}}
-LIST_DEFAULTS = {"arch": "resnet50", "loader": "torch", "eval_batch_size": 256}
-ARRAY_DEFAULTS = {"arch": "resnet32", "loader": "device", "eval_batch_size": 1000}
+# Per data source, besides its default backbone: DataLoader / evaluation batch 256 for image files.
+LIST_DEFAULTS = {"loader": "torch", "eval_batch_size": 256}
+ARRAY_DEFAULTS = {"loader": "device", "eval_batch_size": 1000}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, SOURCES)
+    config.add_data_args(p, DATASETS)
     g = p.add_argument_group("imagenet / inat")
     g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
     g.add_argument("--val_list_file", default=None, help="evaluation split file (default: its val list)")
@@ -121,13 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_run_args(p, exp_str="pretrain_rot", gpu=None)
     config.add_speed_args(p)
     # Per data source (resolve_defaults): resnet50 / DataLoader / batch 256 for image files, else the CIFAR ones.
-    p.set_defaults(**dict.fromkeys(LIST_DEFAULTS))
+    p.set_defaults(arch=None, **dict.fromkeys(LIST_DEFAULTS))
     return p
 
 
 def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Set the flags left unset to the data source's defaults (reproduce.py calls this too)."""
-    for key, value in (ARRAY_DEFAULTS if SOURCES[args.dataset].in_memory else LIST_DEFAULTS).items():
+    spec = DATASETS[args.dataset]
+    defaults = {"arch": spec.default_arch, **(ARRAY_DEFAULTS if spec.in_memory else LIST_DEFAULTS)}
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
@@ -137,8 +134,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """``fill_defaults``, then the checks (common ones, and the split files of image-list data)."""
     fill_defaults(args)
     config.validate_common(args)
-    check_loader(SOURCES[args.dataset], args)
-    if SOURCES[args.dataset].in_memory:
+    check_loader(DATASETS[args.dataset], args.loader)
+    if DATASETS[args.dataset].in_memory:
         return args
     for flag, split in (("--list_file", "train"), ("--val_list_file", "val")):
         if not os.path.isfile(list_file(args, split)):
@@ -149,15 +146,16 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def run_name_fields(args: argparse.Namespace) -> tuple[str, ...]:
     """The reference's run-name fields: no long-tail fields for the image-list data sets (reproduce.py uses it)."""
-    long_tail = ("imb_type", "imb_factor") if SOURCES[args.dataset].in_memory else ()
+    long_tail = ("imb_type", "imb_factor") if DATASETS[args.dataset].in_memory else ()
     return ("dataset", "arch", "loss_type", "train_rule", *long_tail, "exp_str")
 
 
 def main(argv=None):
     args = config.parse(build_parser(), argv, resolve_defaults)
-    data = SOURCES[args.dataset]
+    data = DATASETS[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
-    return run_classification(args, spec, rotation_train_set(data.train(args)), rotated_test_set(data.test(args)),
+    return run_classification(args, spec, rotation_train_set(data_set(args, "train")),
+                              rotated_test_set(data_set(args, data.eval_split)),
                               store_name(args, run_name_fields(args)), RotationPrediction)
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 
 from engine import config
-from engine.data import DATASETS
+from engine.data import DATASETS, IN_MEMORY
 from engine.experiment import run_classification, store_name
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, DATASETS)
+    config.add_data_args(p, IN_MEMORY)
     config.add_model_args(p)
     config.add_optim_args(p)
     config.add_run_args(p, exp_str="ss_pretrained")
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = config.parse(build_parser(), argv)
     spec = DATASETS[args.dataset]
-    return run_classification(args, spec, spec.train(args), spec.test(args), store_name(args))
+    data = config.dataset_kwargs(args)
+    return run_classification(args, spec, spec.build("train", **data), spec.build(spec.eval_split, **data),
+                              store_name(args))
 
 
 if __name__ == "__main__":

@@ -20,39 +20,29 @@ from __future__ import annotations
 
 import argparse
 
-import imbalance_cifar
-from engine import config, pseudolabel
-from engine.data import DATASETS, build_dataset
+from engine import config
+from engine.data import DATASETS, SEMI_SUPERVISED
 from engine.experiment import run_classification, store_name
-from imbalance_svhn import ImbalanceSVHN, SemiSupervisedImbalanceSVHN
+from engine.longtail import check_imb_factor
 
 STORE_FIELDS = ("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "imb_factor_unlabel",
                 "exp_str")
-CIFAR10_ONLY = ("labeled_max", "unlabeled_max")
+# Head-class sizes of the stand-in protocol: for data sets whose n_max is not fixed (SVHN-LT's is 1000).
+HEAD_SIZES = ("labeled_max", "unlabeled_max")
 
 
-def _semi_kwargs(args: argparse.Namespace) -> dict:
-    return dict(imb_factor_unlabel=args.imb_factor_unlabel, pseudo_label_file=args.pseudo_label_file,
-                unlabel_size_factor=args.unlabel_size_factor)
-
-
-# dataset -> builder of D_L + D_U
-SEMI_SETS = {
-    "cifar10": lambda a: build_dataset(imbalance_cifar.SemiSupervisedImbalanceCIFAR10, a, train=True,
-                                       unlabeled_source=a.unlabeled_source, labeled_max=a.labeled_max,
-                                       unlabeled_max=a.unlabeled_max, **_semi_kwargs(a)),
-    "svhn": lambda a: build_dataset(SemiSupervisedImbalanceSVHN, a, split="train", **_semi_kwargs(a)),
-}
-# dataset -> builder of D_L alone (--labeled_only: the base classifier of the pipeline)
-LABELED_SETS = {
-    "cifar10": lambda a: build_dataset(imbalance_cifar.ImbalanceCIFAR10, a, train=True, img_max=a.labeled_max),
-    "svhn": lambda a: build_dataset(ImbalanceSVHN, a, split="train"),
-}
+def train_set(args: argparse.Namespace):
+    """D_L + D_U, or with --labeled_only D_L alone (the base classifier of the pipeline; --labeled_max replaces
+    n_max as in D_L + D_U)."""
+    spec = DATASETS[args.dataset]
+    if args.labeled_only:
+        return spec.build("train", img_max=args.labeled_max, **config.dataset_kwargs(args))
+    return spec.build_semi(**config.semi_kwargs(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, sorted(SEMI_SETS))
+    config.add_data_args(p, sorted(SEMI_SUPERVISED))
     config.add_model_args(p)
     config.add_optim_args(p, batch_size=256)
     config.add_run_args(p, exp_str=None)
@@ -61,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("semi-supervised")
     g.add_argument("--imb_factor_unlabel", type=float, default=0.01,
                    help="imbalance factor 1/rho_U of the unlabeled set D_U (0.01 = rho_U 100)")
-    pseudolabel.add_unlabeled_source_arg(g)
+    config.add_unlabeled_source_arg(g)
     g.add_argument("--pseudo_label_file", default=None,
                    help="gen_pseudolabels.py's output (default: {data_path}/pseudo_labeled_{cifar|svhn}.npz if "
                         "present, else the upstream .pickle name)")
@@ -84,26 +74,27 @@ def validate(args: argparse.Namespace) -> None:
     """train.py's checks plus the semi-supervised flags; resolves --unlabeled_source and --pseudo_label_file."""
     config.validate_common(args)
     args.exp_str = args.exp_str or ("semi_base" if args.labeled_only else "semi")
-    imbalance_cifar.check_imb_factor(args.imb_factor_unlabel, "--imb_factor_unlabel")
-    args.unlabeled_source = pseudolabel.resolve_source(args.dataset, args.unlabeled_source)
-    for dest in CIFAR10_ONLY:
-        if args.dataset != "cifar10" and getattr(args, dest) is not None:
-            raise ValueError(f"--{dest} is for --dataset cifar10 only (SVHN-LT has a fixed img_max of 1000 and "
-                             "the upstream --unlabel_size_factor rule)")
-    for dest in (*CIFAR10_ONLY, "unlabel_size_factor"):
+    check_imb_factor(args.imb_factor_unlabel, "--imb_factor_unlabel")
+    spec = DATASETS[args.dataset]
+    args.unlabeled_source = spec.unlabeled_source(args.unlabeled_source)
+    for dest in HEAD_SIZES:
+        if spec.img_max is not None and getattr(args, dest) is not None:
+            free = [name for name, other in SEMI_SUPERVISED.items() if other.img_max is None]
+            raise ValueError(f"--{dest} is for --dataset {', '.join(free)} only ({spec.name}'s head class has a "
+                             f"fixed img_max of {spec.img_max} and the upstream --unlabel_size_factor rule)")
+    for dest in (*HEAD_SIZES, "unlabel_size_factor"):
         value = getattr(args, dest)
         if value is not None and not value > 0:
             raise ValueError(f"--{dest} must be positive, got {value}")
     if not args.labeled_only:
-        args.pseudo_label_file = pseudolabel.resolve_file(args.dataset, args.data_path, args.pseudo_label_file,
-                                                          args.unlabeled_source)
+        args.pseudo_label_file = spec.pseudo_label_file(args.data_path, args.pseudo_label_file, args.unlabeled_source)
 
 
 def main(argv=None):
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
-    train_set = (LABELED_SETS if args.labeled_only else SEMI_SETS)[args.dataset](args)
-    return run_classification(args, spec, train_set, spec.test(args), store_name(args, STORE_FIELDS))
+    return run_classification(args, spec, train_set(args), spec.build(spec.eval_split, **config.dataset_kwargs(args)),
+                              store_name(args, STORE_FIELDS))
 
 
 if __name__ == "__main__":

@@ -53,8 +53,7 @@ def run(args, loader: str, extra: list[str], out_dir: str) -> dict:
             *(["--seed", str(args.seed)] if args.seed is not None else []), "--loader", loader, "--root_log", out_dir, "--root_model", out_dir, "--exp_str", loader,
             *(["--device", args.device] if args.device else []), *extra]
     parsed = train.config.parse(train.build_parser(), argv)
-    spec = train.DATASETS[parsed.dataset]
-    n_train = len(spec.train(parsed))
+    n_train = len(train.DATASETS[parsed.dataset].build("train", **train.config.dataset_kwargs(parsed)))
     train.main(argv)
     log = os.path.join(out_dir, train.store_name(parsed), "metrics.jsonl")
     return {"records": [json.loads(line) for line in open(log)], "n_train": n_train}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import yaml
@@ -18,20 +18,59 @@ import yaml
 import losses
 import models
 import registry
-from imbalance_cifar import check_imb_factor
 from engine import distributed
+from engine.data import unlabeled_source_choices
+from engine.longtail import IMB_TYPES, check_imb_factor
 from engine.schedules import SCHEDULES, LRSchedule
 
 
-def add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str], default: str = "cifar10") -> None:
+def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: str = "cifar10") -> None:
+    """--dataset (choices: ``datasets``, a view of engine.data.DATASETS read now, so register a data set before
+    building the parser) and the long-tail flags of ``DatasetSpec.build``."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default, choices=list(datasets), help="dataset")
     g.add_argument("--data_path", default="./data", help="folder holding the dataset files")
-    g.add_argument("--imb_type", default="exp", help="long-tail profile: exp, step, or anything else for balanced")
+    g.add_argument("--imb_type", default="exp", choices=list(IMB_TYPES),
+                   help="long-tail profile: exp (n_i = n_max / rho^(i/(C-1))), step (n_max for the first half of "
+                        "the classes, n_max / rho for the rest) or none (balanced)")
     g.add_argument("--imb_factor", type=float, default=0.01, help="imbalance factor 1/rho (0.01 = rho 100)")
     g.add_argument("--rand_number", type=int, default=0, help="NumPy seed of the long-tailed subsampling")
     g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                    help="download the dataset into --data_path when its files are missing (as upstream)")
+
+
+def add_unlabeled_source_arg(p) -> None:
+    """--unlabeled_source: the pool of a data set with several (engine.data.DatasetSpec.pools)."""
+    p.add_argument("--unlabeled_source", default=None, choices=unlabeled_source_choices(),
+                   help="cifar10 only: the unlabeled pool, tinyimages (upstream's 80M Tiny Images selection, "
+                        "the default) or cifar10_train (the CIFAR-10 training images the labeled subset leaves "
+                        "out, the stand-in); svhn always uses its extra split")
+
+
+# Parsed flags -> DatasetSpec keywords (the flags a script has; the rest keep the spec's defaults).
+DATASET_FLAGS = ("data_path", "imb_type", "imb_factor", "rand_number", "download", "crop_size", "resize_size")
+SEMI_FLAGS = ("imb_factor_unlabel", "unlabeled_source", "pseudo_label_file", "unlabel_size_factor", "labeled_max",
+              "unlabeled_max")
+LOADER_FLAGS = ("batch_size", "eval_batch_size", "loader", "workers", "channels_last")
+
+
+def _present(args: argparse.Namespace, flags: Sequence[str]) -> dict:
+    return {flag: getattr(args, flag) for flag in flags if hasattr(args, flag)}
+
+
+def dataset_kwargs(args: argparse.Namespace) -> dict:
+    """The keywords of ``DatasetSpec.build`` from parsed flags (the data path and the long-tail flags)."""
+    return _present(args, DATASET_FLAGS)
+
+
+def semi_kwargs(args: argparse.Namespace) -> dict:
+    """``dataset_kwargs`` plus train_semi.py's flags: the keywords of ``DatasetSpec.build_semi``."""
+    return {**dataset_kwargs(args), **_present(args, SEMI_FLAGS)}
+
+
+def loader_kwargs(args: argparse.Namespace) -> dict:
+    """The keywords of ``engine.data.make_loader`` from parsed flags (batch sizes, loader kind, workers)."""
+    return _present(args, LOADER_FLAGS)
 
 
 def add_model_args(p: argparse.ArgumentParser, arch: str = "resnet32", loss_type: str = "CE",

@@ -19,7 +19,7 @@ import losses
 import models
 from engine import distributed
 from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
-from engine.config import (args_to_dict, loss_from_args, resolve_device, schedule_from_args,
+from engine.config import (args_to_dict, loader_kwargs, loss_from_args, resolve_device, schedule_from_args,
                            train_rule_from_args)
 from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
@@ -152,7 +152,7 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
         check_trained_loss(args, resume)
     cls_num_list = train_set.get_cls_num_list()
     model = build_classifier(args, spec.num_classes, device)
-    test_loader = make_loader(test_set, spec, args, device, train=False)
+    test_loader = make_loader(test_set, spec, device, train=False, **loader_kwargs(args))
     adjustment = losses.posthoc_adjustment(getattr(args, "posthoc", "none"), cls_num_list,
                                            getattr(args, "tau", 1.0), getattr(args, "target_prior", None),
                                            losses.trained_prior_scale(args.loss_type, getattr(args, "tau", 1.0)))
@@ -177,9 +177,9 @@ def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, t
     criterion = loss_from_args(args, cls_num_list).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    train_loader = make_loader(train_set, spec, args, device, train=True, seed=exp.seed,
+    train_loader = make_loader(train_set, spec, device, train=True, seed=exp.seed,
                                sample_weights=rule.sample_weights(np.asarray(train_set.targets)),
-                               views=method_class.views)
+                               views=method_class.views, **loader_kwargs(args))
     method = method_class(model, criterion, rule, net=distributed.wrap_ddp(model, device), amp=args.amp,
                           compile_mode=args.compile_mode if args.compile else None)
     meta = {"arch": args.arch, "num_classes": spec.num_classes, "use_norm": uses_normed_head(args.loss_type),

@@ -33,7 +33,7 @@ from engine.runlog import RunLog, write_json
 from engine.methods import Classification
 from engine.trainer import LoopConfig
 from imagenet_inat import reference_config
-from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
+from imagenet_inat.datasets import LT_DATASETS, ListDataset, read_split_file
 from imagenet_inat.heads import STAGES, freeze_backbone, tau_normalized
 from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 
@@ -124,8 +124,8 @@ def resolve_splits(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_root: no folder {args.data_root!r}")
     for split in SPLITS:
         key = f"{split}_split"
-        if getattr(args, key) is None and spec.splits[split] is not None:
-            setattr(args, key, os.path.join(args.data_root, spec.splits[split]))
+        if getattr(args, key) is None and split in spec.list_files:
+            setattr(args, key, os.path.join(args.data_root, spec.list_files[split]))
         path = getattr(args, key)
         if path is None:
             continue
@@ -200,8 +200,9 @@ def build_splits(args: argparse.Namespace) -> dict[str, ListDataset]:
     for split in (*SPLITS, "train_plain") if args.save_feat == "train_plain" else SPLITS:
         path = getattr(args, f"{split.removesuffix('_plain')}_split")
         if path is not None:
-            transform = list_transform(spec, split == "train", args.crop_size, args.resize_size)
-            out[split] = ListDataset(args.data_root, path, transform, args.num_classes, decode="tensor")
+            out[split] = spec.build(split.removesuffix("_plain"), data_path=args.data_root, list_file=path,
+                                    augment=split == "train", crop_size=args.crop_size,
+                                    resize_size=args.resize_size, num_classes=args.num_classes)
     return out
 
 

@@ -91,7 +91,6 @@ def translate(cfg: dict, path: str) -> dict:
         flat["samples_per_class"] = sampler.get("num_samples_cls", 4)
     if cfg.get("model_dir"):
         flat["init"] = cfg["model_dir"]
-    for split, name in LT_DATASETS[dataset].splits.items():
-        if name is not None:
-            flat[f"{split}_split"] = os.path.join(".", reference_split_file(dataset, split))
+    for split in LT_DATASETS[dataset].list_files:
+        flat[f"{split}_split"] = os.path.join(".", reference_split_file(dataset, split))
     return flat

@@ -55,7 +55,7 @@ def write_split(out_dir: str, split: str, counts: list[int], size: int, rng: np.
             rel = os.path.join(folder, f"c{c:04d}_{i:05d}.jpg")
             Image.fromarray(class_image(c, len(counts), size, rng)).save(os.path.join(out_dir, rel), quality=quality)
             lines.append(f"{rel} {c}\n")
-    path = os.path.join(out_dir, LT_DATASETS["ImageNet_LT"].splits[split])
+    path = os.path.join(out_dir, LT_DATASETS["ImageNet_LT"].list_files[split])
     with open(path, "w") as f:
         f.writelines(lines)
     return path

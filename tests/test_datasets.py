@@ -1,4 +1,7 @@
-"""Long-tailed and semi-supervised CIFAR / SVHN construction (SPEC §2.1, §2.2)."""
+"""Long-tailed and semi-supervised CIFAR / SVHN construction (SPEC §2.1, §2.2), and the data-set registry
+(engine/data.py): views, the one code path, --imb_type, a new data set as one registration."""
+import ast
+import json
 import os
 import pickle
 import shutil
@@ -10,6 +13,15 @@ import scipy.io
 import torch
 from PIL import Image
 
+import imagenet_inat.main as imagenet_main
+import pretrain_rot
+import train
+from conftest import REPO_ROOT
+from engine.checkpoint import load_checkpoint
+from engine.data import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, IN_MEMORY, SEMI_SUPERVISED, DatasetSpec, register,
+                         torch_transforms)
+from engine.experiment import store_name
+from imagenet_inat.datasets import LT_DATASETS, reference_split_file
 from imbalance_cifar import (ChecksumWarning, ImbalanceCIFAR10, ImbalanceCIFAR100,
                              SemiSupervisedImbalanceCIFAR10, check_imb_factor,
                              get_img_num_per_cls, load_unlabeled_pool, read_pseudo_labels,
@@ -470,3 +482,142 @@ def test_real_cifar10(shared_cifar10_root, tmp_path):
         unlabeled_source="cifar10_train", pseudo_label_file=pseudo_file, labeled_max=1500,
         unlabeled_max=3000)
     assert semi.get_cls_num_list() == [4500, 2697, 1617, 969, 580, 348, 208, 124, 75, 45]
+
+
+# ---------------------------------------------------------------- the registry (engine/data.py)
+
+@pytest.fixture
+def registered():
+    """``registered(spec)`` adds ``spec`` to engine.data.DATASETS for one test (the registry has no removal: the
+    fixture takes its entries out again, so other tests see the built-in table)."""
+    names = []
+
+    def add(spec):
+        names.append(spec.name)
+        return register(spec)
+    yield add
+    for name in names:
+        del DATASETS._entries[name]
+
+
+def test_builtin_entries_and_views():
+    assert list(DATASETS) == ["cifar10", "cifar100", "svhn", "imagenet", "inat"]
+    assert list(IN_MEMORY) == ["cifar10", "cifar100", "svhn"] and sorted(SEMI_SUPERVISED) == ["cifar10", "svhn"]
+    assert list(LT_DATASETS) == ["ImageNet_LT", "iNaturalist18"] and LT_DATASETS["ImageNet_LT"] is DATASETS["imagenet"]
+    cifar, svhn, inat = DATASETS["cifar10"], DATASETS["svhn"], DATASETS["inat"]
+    assert (cifar.image_size, cifar.default_arch, cifar.splits, list(cifar.pools)) == \
+        (32, "resnet32", ("train", "test"), ["tinyimages", "cifar10_train"])
+    assert svhn.mean == svhn.std == (0.5, 0.5, 0.5) and svhn.splits == ("train", "test", "extra")
+    assert (inat.image_size, inat.default_arch, inat.splits, inat.eval_split, inat.in_memory) == \
+        (224, "resnet50", ("train", "val"), "val", False)
+    assert reference_split_file("iNaturalist18", "val") == os.path.join(
+        "imagenet_inat", "data", "iNaturalist18", "iNaturalist18_val.txt")
+    with pytest.raises(ValueError, match="unknown --dataset 'places'; choose one of: cifar10, cifar100"):
+        DATASETS["places"]
+    with pytest.raises(ValueError, match="no default test split file"):
+        inat.reference_list_file("test")
+
+
+def test_spec_builds_the_upstream_classes_subsets(cifar10_root, svhn_root, ti_root):
+    """One code path: the registry's sets equal the upstream classes' for the same arguments."""
+    kwargs = dict(imb_type="exp", imb_factor=0.02, rand_number=3)
+    for name, root, upstream in (("cifar10", cifar10_root, ImbalanceCIFAR10),
+                                 ("svhn", svhn_root, ImbalanceSVHN)):
+        built, expected = DATASETS[name].build("train", data_path=root, **kwargs), upstream(root, **kwargs)
+        np.testing.assert_array_equal(built.data, expected.data)
+        assert built.targets == expected.targets
+    semi = DATASETS["cifar10"].build_semi(data_path=ti_root, imb_factor_unlabel=1, rand_number=1)
+    expected = SemiSupervisedImbalanceCIFAR10(ti_root, imb_factor_unlabel=1, rand_number=1)
+    np.testing.assert_array_equal(semi.data, expected.data)
+    assert semi.targets == expected.targets and semi.num_labeled == expected.num_labeled
+    np.testing.assert_array_equal(semi.unlabeled_indices, expected.unlabeled_indices)
+
+
+def test_imb_type_choices_and_none_is_balanced(tiny_cifar10, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"--imb_type must be one of exp, step, none \(none: balanced\), got 'expo'"):
+        get_img_num_per_cls(100, 10, "expo", 0.1)
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--imb_type", "expo"])
+    assert "--imb_type: invalid choice: 'expo'" in capsys.readouterr().err
+    assert DATASETS["cifar10"].build("train", data_path=tiny_cifar10, imb_type="none").get_cls_num_list() == [4] * 10
+    args = train.build_parser().parse_args(["--imb_type", "none"])
+    assert store_name(args) == "cifar10_resnet32_CE_None_none_0.01_ss_pretrained"  # the run name keeps the value
+
+
+def test_one_pseudo_label_resolver_prefers_npz(ti_root, tmp_path):
+    """The data sets and train_semi.py resolve the default file alike: the .npz if present, else upstream's
+    .pickle."""
+    for name in ("cifar-10-batches-py", "ti_80M_selected.pickle", "pseudo_labeled_cifar.pickle"):
+        os.symlink(os.path.join(ti_root, name), tmp_path / name)
+    from_pickle = SemiSupervisedImbalanceCIFAR10(str(tmp_path), imb_factor_unlabel=1)
+    with open(tmp_path / "pseudo_labeled_cifar.pickle", "rb") as f:
+        pool_predictions = pickle.load(f)["extrapolated_targets"]
+    write_npz(tmp_path / "pseudo_labeled_cifar.npz", (pool_predictions + 1) % 10, np.arange(len(pool_predictions)))
+    assert DATASETS["cifar10"].pseudo_label_file(str(tmp_path)) == str(tmp_path / "pseudo_labeled_cifar.npz")
+    from_npz = SemiSupervisedImbalanceCIFAR10(str(tmp_path), imb_factor_unlabel=1)
+    np.testing.assert_array_equal(from_npz.unlabeled_indices, from_pickle.unlabeled_indices)
+    assert from_npz.targets[from_npz.num_labeled:] == \
+        ((np.asarray(from_pickle.targets[from_pickle.num_labeled:]) + 1) % 10).tolist()
+
+
+def test_engine_does_not_import_the_root_data_modules():
+    """The import graph is a DAG: imbalance_cifar / imbalance_svhn are views over engine, never the reverse."""
+    for folder in ("engine", "imagenet_inat"):
+        for path in sorted((REPO_ROOT / folder).glob("*.py")):
+            imported = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom):
+                    imported.add(node.module)
+            assert not imported & {"imbalance_cifar", "imbalance_svhn"}, path
+
+
+# ---------------------------------------------------------------- a new data set is one registration
+
+TINY_PER_CLASS = {"train": 30, "test": 6}
+
+
+def read_tiny(data_path, split, download):
+    """A 3-class, 28x28 synthetic data set: class c is a grey level around 40 + 80 c with noise."""
+    labels = np.repeat(np.arange(3), TINY_PER_CLASS[split])
+    noise = np.random.default_rng(len(labels)).integers(0, 40, size=(len(labels), 28, 28, 3))
+    return (40 + 80 * labels[:, None, None, None] + noise).astype(np.uint8), labels, ["dark", "grey", "light"]
+
+
+@pytest.mark.parametrize("loader", ["device", "torch"])
+def test_registered_in_memory_dataset_trains_with_its_long_tail(registered, tmp_path, loader, one_thread):
+    spec = registered(DatasetSpec("tiny28", 3, 28, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), read=read_tiny))
+    assert "tiny28" in IN_MEMORY and "tiny28" in train.build_parser()._option_string_actions["--dataset"].choices
+    crop = torch_transforms(spec, train=True)(Image.fromarray(read_tiny("", "test", False)[0][0]))
+    assert crop.shape == (3, 28, 28)  # RandomCrop(image_size, padding=4), not CIFAR's 32
+    summary = train.main(["--dataset", "tiny28", "--data_path", str(tmp_path), "--imb_factor", "0.1", "--epochs", "1",
+                          "-b", "16", "-a", "resnet20", "--device", "cpu", "--seed", "0", "--loader", loader, "-j", "0",
+                          "--root_log", str(tmp_path / "log"), "--root_model", str(tmp_path / "ckpt")])
+    name = "tiny28_resnet20_CE_None_exp_0.1_ss_pretrained"
+    ckpt = load_checkpoint(str(tmp_path / "ckpt" / name / "ckpt.pth.tar"))
+    assert ckpt["cls_num_list"] == get_img_num_per_cls(30, 3, "exp", 0.1) == [30, 9, 3]
+    assert ckpt["num_classes"] == 3 and ckpt["state_dict"]["fc.weight"].shape == (3, 64)
+    final = json.load(open(tmp_path / "log" / name / "final.json"))
+    assert final["last"]["samples"] == 18 and len(final["last"]["per_class"]) == 3
+    assert summary["last"]["top1"] == final["last"]["top1"]
+
+
+def test_places_lt_is_one_registration(registered, tmp_path):
+    """The entry a user adds for Places-LT (Liu et al. 2019): the split-file scripts take it from the registry."""
+    spec = registered(DatasetSpec(
+        "places", 365, 224, IMAGENET_MEAN, IMAGENET_STD, eval_split="val", default_arch="resnet152",
+        list_name="Places_LT", color_jitter=0.4,
+        list_files={"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"}))
+    assert LT_DATASETS["Places_LT"] is spec and "Places_LT" in imagenet_main.build_parser()._option_string_actions[
+        "--dataset"].choices
+    assert reference_split_file("Places_LT", "test") == os.path.join("imagenet_inat", "data", "Places_LT",
+                                                                     "Places_LT_test.txt")
+    args = pretrain_rot.fill_defaults(pretrain_rot.build_parser().parse_args(["--dataset", "places"]))
+    assert (args.arch, args.loader, args.eval_batch_size) == ("resnet152", "torch", 256)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.jpg")
+    (tmp_path / "val.txt").write_text("a.jpg 364\n")
+    data = spec.build("val", data_path=str(tmp_path), list_file=str(tmp_path / "val.txt"), crop_size=24,
+                      resize_size=28, num_classes=365)
+    image, label = data[0]
+    assert image.shape == (3, 24, 24) and label == 364 and len(data.get_cls_num_list()) == 365

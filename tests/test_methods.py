@@ -38,8 +38,9 @@ def test_a_two_view_method_trains_one_epoch_through_the_runner(cifar10_root, tmp
             "--root_model", str(tmp_path / "ckpt"), "--exp_str", "twoview"]
     args = config.parse(train.build_parser(), argv)
     spec = DATASETS[args.dataset]
-    train_set = spec.train(args)
-    summary = run_classification(args, spec, train_set, spec.test(args), store_name(args), TwoViewAgreement)
+    data = config.dataset_kwargs(args)
+    train_set = spec.build("train", **data)
+    summary = run_classification(args, spec, train_set, spec.build("test", **data), store_name(args), TwoViewAgreement)
     assert TwoViewAgreement.seen_shapes[0] == (64, 2, 3, 32, 32)  # (B, views, C, H, W) from the device loader
     assert sum(s[0] for s in TwoViewAgreement.seen_shapes) == len(train_set)
     record = json.loads(open(os.path.join(tmp_path, "log", store_name(args), "metrics.jsonl")).readline())
@@ -54,4 +55,6 @@ def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tm
     args = config.parse(train.build_parser(), argv)
     spec = DATASETS[args.dataset]
     with pytest.raises(ValueError, match="needs 2 views"):
-        run_classification(args, spec, spec.train(args), spec.test(args), store_name(args), TwoViewAgreement)
+        data = config.dataset_kwargs(args)
+        run_classification(args, spec, spec.build("train", **data), spec.build("test", **data), store_name(args),
+                           TwoViewAgreement)

@@ -172,8 +172,9 @@ def test_image_list_data_gives_two_224_views_per_listed_image(tmp_path):
     (tmp_path / "train.txt").write_text("img0.jpg 3\nimg1.jpg 0\n")
     args = pretrain_moco.build_parser().parse_args(["--data", str(tmp_path), "--list_file",
                                                     str(tmp_path / "train.txt")])
-    source = pretrain_moco.MOCO_DATA["imagenet"]
-    dataset = source.build(args, TwoCropsTransform(moco_v2_augmentation(source.size, source.mean, source.std)))
+    spec = pretrain_moco.DATASETS["imagenet"]
+    dataset = pretrain_moco.train_set(args, spec, TwoCropsTransform(moco_v2_augmentation(spec.image_size, spec.mean,
+                                                                                         spec.std)))
     views, label = dataset[0]
     assert len(dataset) == 2 and label == 3 and views.shape == (2, 3, 224, 224)
 

@@ -14,6 +14,8 @@ import models
 import train
 import train_semi
 from engine import pseudolabel, safe_pickle
+from engine.data import DATASETS
+from engine.pseudolabel_files import write_pseudo_labels
 from engine.checkpoint import load_checkpoint
 from engine.experiment import store_name
 from imbalance_cifar import SemiSupervisedImbalanceCIFAR10, get_img_num_per_cls
@@ -165,16 +167,16 @@ def test_refuses_to_overwrite(cifar10_root, base_ckpt, pseudo_npz, capsys):
 @pytest.mark.parametrize("name,writer", [("p.npz", (np, "savez")), ("p.pickle", (pickle, "dump"))])
 def test_writes_are_atomic_and_overwrite_is_explicit(tmp_path, monkeypatch, name, writer):
     path = str(tmp_path / name)
-    pseudolabel.write_pseudo_labels(path, np.array([1, 2]), np.array([0.5, 0.75]), "a.pth")
+    write_pseudo_labels(path, np.array([1, 2]), np.array([0.5, 0.75]), "a.pth")
     with pytest.raises(ValueError, match="exists; pass --overwrite"):
-        pseudolabel.write_pseudo_labels(path, np.array([0, 0]), np.array([1.0, 1.0]), "b.pth")
-    pseudolabel.write_pseudo_labels(path, np.array([7, 8]), np.array([1.0, 1.0]), "b.pth", overwrite=True)
+        write_pseudo_labels(path, np.array([0, 0]), np.array([1.0, 1.0]), "b.pth")
+    write_pseudo_labels(path, np.array([7, 8]), np.array([1.0, 1.0]), "b.pth", overwrite=True)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(*writer, crash)
     with pytest.raises(OSError, match="disk full"):
-        pseudolabel.write_pseudo_labels(path, np.array([0, 0]), np.array([1.0, 1.0]), "c.pth", overwrite=True)
+        write_pseudo_labels(path, np.array([0, 0]), np.array([1.0, 1.0]), "c.pth", overwrite=True)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == [name]
     if name.endswith(".npz"):
@@ -249,7 +251,7 @@ def test_labeled_only_is_the_semi_sets_labeled_part(cifar10_root, pseudo_npz):
     args = train_semi.config.parse(train_semi.build_parser(), ["--data_path", cifar10_root, *STAND_IN,
                                                                 "--labeled_only"], train_semi.validate)
     assert args.exp_str == "semi_base" and args.pseudo_label_file is None
-    base = train_semi.LABELED_SETS["cifar10"](args)
+    base = train_semi.train_set(args)
     semi = SemiSupervisedImbalanceCIFAR10(cifar10_root, imb_factor=0.1, unlabeled_source="cifar10_train",
                                           pseudo_label_file=pseudo_npz, labeled_max=20, unlabeled_max=30)
     np.testing.assert_array_equal(base.data, semi.data[:semi.num_labeled])
@@ -258,11 +260,11 @@ def test_labeled_only_is_the_semi_sets_labeled_part(cifar10_root, pseudo_npz):
 
 def test_default_pseudo_label_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pseudo_labeled_svhn\.npz or .*pseudo_labeled_svhn\.pickle"):
-        pseudolabel.resolve_file("svhn", str(tmp_path), None, None)
+        DATASETS["svhn"].pseudo_label_file(str(tmp_path))
     (tmp_path / "pseudo_labeled_svhn.pickle").write_bytes(b"")
-    assert pseudolabel.resolve_file("svhn", str(tmp_path), None, None) == str(tmp_path / "pseudo_labeled_svhn.pickle")
+    assert DATASETS["svhn"].pseudo_label_file(str(tmp_path)) == str(tmp_path / "pseudo_labeled_svhn.pickle")
     (tmp_path / "pseudo_labeled_svhn.npz").write_bytes(b"")
-    assert pseudolabel.resolve_file("svhn", str(tmp_path), None, None) == str(tmp_path / "pseudo_labeled_svhn.npz")
+    assert DATASETS["svhn"].pseudo_label_file(str(tmp_path)) == str(tmp_path / "pseudo_labeled_svhn.npz")
 
 
 @pytest.mark.parametrize("argv,message", [

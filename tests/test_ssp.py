@@ -92,8 +92,8 @@ def test_rotation_evaluation_scores_every_test_image_under_all_four_rotations():
     images = np.zeros((5, 32, 32, 3), np.uint8)
     images[:, 0, 0] = 255
     spec = DATASETS["cifar10"]
-    loader = make_loader(pretrain_rot.rotated_test_set(SimpleNamespace(data=images)), spec,
-                         SimpleNamespace(eval_batch_size=6, loader="device"), torch.device("cpu"), train=False)
+    loader = make_loader(pretrain_rot.rotated_test_set(SimpleNamespace(data=images)), spec, torch.device("cpu"),
+                         train=False, eval_batch_size=6, loader="device")
     perfect = evaluate(CornerModel(), loader, 4)
     assert perfect["top1"] == 100.0 and perfect["per_class"] == [100.0] * 4
     always_zero = ConstantModel()
