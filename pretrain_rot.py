@@ -154,9 +154,9 @@ def main(argv=None):
     args = config.parse(build_parser(), argv, resolve_defaults)
     data = DATASETS[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
-    return run_classification(args, spec, rotation_train_set(data_set(args, "train")),
-                              rotated_test_set(data_set(args, data.eval_split)),
-                              store_name(args, run_name_fields(args)), RotationPrediction)
+    return run_classification(config.classifier_run(args, store_name(args, run_name_fields(args))), spec,
+                              rotation_train_set(data_set(args, "train")),
+                              rotated_test_set(data_set(args, data.eval_split)), RotationPrediction)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ def main(argv=None):
     args = config.parse(build_parser(), argv)
     spec = DATASETS[args.dataset]
     data = config.dataset_kwargs(args)
-    return run_classification(args, spec, spec.build("train", **data), spec.build(spec.eval_split, **data),
-                              store_name(args))
+    return run_classification(config.classifier_run(args, store_name(args)), spec, spec.build("train", **data),
+                              spec.build(spec.eval_split, **data))
 
 
 if __name__ == "__main__":

@@ -93,8 +93,8 @@ def validate(args: argparse.Namespace) -> None:
 def main(argv=None):
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
-    return run_classification(args, spec, train_set(args), spec.build(spec.eval_split, **config.dataset_kwargs(args)),
-                              store_name(args, STORE_FIELDS))
+    return run_classification(config.classifier_run(args, store_name(args, STORE_FIELDS)), spec, train_set(args),
+                              spec.build(spec.eval_split, **config.dataset_kwargs(args)))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ import models
 import registry
 from engine import distributed
 from engine.data import unlabeled_source_choices
+from engine.experiment import ClassifierRun
 from engine.longtail import IMB_TYPES, check_imb_factor
 from engine.schedules import SCHEDULES, LRSchedule
+from engine.trainer import LoopConfig
 
 
 def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: str = "cifar10") -> None:
@@ -312,6 +314,23 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.exit(f"error: {e}  (LTR_TRACEBACK=1 shows the traceback)")
     finally:
         distributed.shutdown()
+
+
+def classifier_run(args: argparse.Namespace, name: str) -> ClassifierRun:
+    """The explicit settings of ``engine.experiment.run_classification`` from a classification script's flags;
+    ``name`` is the run name (the log and checkpoint folders under --root_log / --root_model)."""
+    return ClassifierRun(
+        name=name, log_dir=os.path.join(args.root_log, name), ckpt_dir=os.path.join(args.root_model, name),
+        record=args_to_dict(args), device=resolve_device(args), arch=args.arch, loss_type=args.loss_type,
+        train_rule=args.train_rule, schedule=schedule_from_args(args),
+        loop=LoopConfig(args.epochs, args.start_epoch, args.print_freq), loader=loader_kwargs(args),
+        loss_kwargs=registry_kwargs(losses.LOSSES, args.loss_type, args),
+        rule_kwargs=registry_kwargs(losses.TRAIN_RULES, args.train_rule, args),
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, resume=args.resume,
+        evaluate=args.evaluate, pretrained_model=args.pretrained_model, amp=args.amp,
+        channels_last=args.channels_last, compile_mode=args.compile_mode if args.compile else None,
+        posthoc=getattr(args, "posthoc", "none"), tau=args.tau, target_prior=tuple(getattr(args, "target_prior", ())),
+        shifted_eval=getattr(args, "shifted_eval", False), shifted_seed=getattr(args, "shifted_seed", 0))
 
 
 def args_to_dict(args: argparse.Namespace) -> dict:

@@ -1,15 +1,16 @@
-"""Wiring shared by the CIFAR/SVHN scripts (train.py, train_semi.py, pretrain_rot.py).
+"""The one experiment runner, and the classification run that train.py, train_semi.py and pretrain_rot.py share.
 
-``run_classification`` takes parsed arguments and the train/test datasets and does the rest: device and
-seeds, model and loss from their registries, optional self-supervised initialisation, loaders,
-``-e/--evaluate`` (with ``--posthoc`` logit corrections and ``--shifted_eval``), ``--resume``, the training
-loop, and the final report.
+``Experiment`` is what every script's run has in common: the device (and the process group under torchrun), the
+seed, the checkpoint to resume, the run log, and the training loop of a method (``engine.methods``).
+``run_classification`` takes a ``ClassifierRun`` (explicit settings, built from the flags by
+``engine.config.classifier_run``) and the train/test datasets and does the rest: model and loss from their
+registries, optional self-supervised initialisation, loaders, ``evaluate`` (with post-hoc logit corrections and
+the shifted-prior protocol), resume, the training loop, and the final report.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import random
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -19,13 +20,12 @@ import losses
 import models
 from engine import distributed
 from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
-from engine.config import (args_to_dict, loader_kwargs, loss_from_args, resolve_device, schedule_from_args,
-                           train_rule_from_args)
 from engine.data import DatasetSpec, make_loader
 from engine.metrics import evaluate, format_metrics
 from engine.runlog import RunLog
 from engine.shifted import run_shifted_eval
 from engine.methods import Classification, Method
+from engine.schedules import LRSchedule
 from engine.trainer import LoopConfig, Trainer
 
 
@@ -109,11 +109,11 @@ def uses_normed_head(loss_type: str) -> bool:
     return getattr(losses.LOSSES[loss_type], "use_norm", False)
 
 
-def build_classifier(args: argparse.Namespace, num_classes: int, device: torch.device) -> torch.nn.Module:
-    model = models.build_model(args.arch, num_classes, use_norm=uses_normed_head(args.loss_type)).to(device)
-    if getattr(args, "channels_last", False):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+def build_classifier(arch: str, num_classes: int, loss_type: str, device: torch.device,
+                     channels_last: bool = False) -> torch.nn.Module:
+    """``models.build_model(arch)`` with the head ``loss_type`` needs (cosine for LDAM), on ``device``."""
+    model = models.build_model(arch, num_classes, use_norm=uses_normed_head(loss_type)).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def print_report(run: RunLog, title: str, metrics: dict) -> None:
@@ -122,75 +122,115 @@ def print_report(run: RunLog, title: str, metrics: dict) -> None:
                                                               for a in metrics["per_class"]]), precision=3))
 
 
-def check_trained_loss(args: argparse.Namespace, ckpt: dict) -> None:
+@dataclass(frozen=True)
+class ClassifierRun:
+    """What ``run_classification`` trains and how (``engine.config.classifier_run`` builds it from the flags).
+
+    ``record``: the resolved configuration, written to args.yaml and into every checkpoint. ``loss_kwargs`` /
+    ``rule_kwargs``: the hyper-parameters of ``loss_type`` / ``train_rule``; ``tau`` is also the post-hoc
+    correction's. ``loader``: the keywords of ``engine.data.make_loader``. ``evaluate``: evaluate the ``resume``
+    checkpoint instead of training (with the ``posthoc`` correction, or the shifted-prior protocol).
+    """
+    name: str
+    log_dir: str
+    ckpt_dir: str
+    record: dict
+    device: torch.device
+    arch: str
+    loss_type: str
+    train_rule: str
+    schedule: LRSchedule
+    loop: LoopConfig
+    loader: dict
+    loss_kwargs: dict = field(default_factory=dict)
+    rule_kwargs: dict = field(default_factory=dict)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    seed: int | None = None
+    resume: str = ""
+    evaluate: bool = False
+    pretrained_model: str = ""
+    amp: bool = False
+    channels_last: bool = False
+    compile_mode: str | None = None
+    posthoc: str = "none"
+    tau: float = 1.0
+    target_prior: tuple = ()
+    shifted_eval: bool = False
+    shifted_seed: int = 0
+
+
+def check_trained_loss(cfg: ClassifierRun, ckpt: dict) -> None:
     """With -e and a target-prior correction (--posthoc, --shifted_eval), the correction depends on the loss the
     model was trained with (how much of log pi_s it absorbed): refuse flags that disagree with the checkpoint's."""
     trained = ckpt.get("args") or {}
-    if "loss_type" not in trained or (getattr(args, "posthoc", "none") == "none"
-                                      and not getattr(args, "shifted_eval", False)):
+    if "loss_type" not in trained or (cfg.posthoc == "none" and not cfg.shifted_eval):
         return
-    mine = losses.trained_prior_scale(args.loss_type, args.tau)
+    mine = losses.trained_prior_scale(cfg.loss_type, cfg.tau)
     theirs = losses.trained_prior_scale(trained["loss_type"], float(trained.get("tau", 1.0)))
     if mine != theirs:
-        raise ValueError(f"--resume {args.resume!r} was trained with --loss_type {trained['loss_type']} --tau "
+        raise ValueError(f"--resume {cfg.resume!r} was trained with --loss_type {trained['loss_type']} --tau "
                          f"{trained.get('tau', 1.0)}; the prior correction needs the same flags (given: --loss_type "
-                         f"{args.loss_type} --tau {args.tau})")
+                         f"{cfg.loss_type} --tau {cfg.tau})")
 
 
-def run_classification(args: argparse.Namespace, spec: DatasetSpec, train_set, test_set, name: str,
+def evaluate_checkpoint(cfg: ClassifierRun, exp: Experiment, model, test_loader, cls_num_list, evaluate_fn) -> dict:
+    """-e: the ``resume`` checkpoint's metrics (and the shifted-prior table with ``shifted_eval``)."""
+    load_model_weights(model, exp.resume)
+    metrics = evaluate_fn()
+    print_report(exp.run, f"Evaluation of {cfg.resume}", metrics)
+    if cfg.shifted_eval:
+        metrics["shifted"] = run_shifted_eval(model, test_loader, cls_num_list, cfg.loss_type, cfg.tau,
+                                              cfg.shifted_seed, exp.run, amp=cfg.amp)
+    return metrics
+
+
+def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_set,
                        method_class: type[Classification] = Classification) -> dict:
-    """Train (or with -e evaluate) a classifier of ``train_set``; returns the summary or the evaluation.
+    """Train (or with ``cfg.evaluate`` evaluate) a classifier of ``train_set``; returns the summary or the
+    evaluation.
 
-    ``method_class``: ``Classification`` or a subclass (``RotationPrediction`` replaces the batches).
-    Under torchrun every process uses rank 0's seed and the model is wrapped in DistributedDataParallel.
+    ``method_class``: ``Classification`` or a subclass (``RotationPrediction`` replaces the batches; a method
+    with ``views`` > 1 gets that many views of each image). Under torchrun every process uses rank 0's seed and
+    the model is wrapped in DistributedDataParallel.
     """
-    exp = Experiment(log_dir=os.path.join(args.root_log, name),
-                     record=None if args.evaluate else args_to_dict(args), device=resolve_device(args),
-                     seed=args.seed, resume=args.resume, tensorboard=not args.evaluate)
-    device, resume, run = exp.device, exp.resume, exp.run
-    if args.evaluate:
-        check_trained_loss(args, resume)
+    exp = Experiment(log_dir=cfg.log_dir, record=None if cfg.evaluate else cfg.record, device=cfg.device,
+                     seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate)
+    device, run = exp.device, exp.run
+    if cfg.evaluate:
+        check_trained_loss(cfg, exp.resume)
     cls_num_list = train_set.get_cls_num_list()
-    model = build_classifier(args, spec.num_classes, device)
-    test_loader = make_loader(test_set, spec, device, train=False, **loader_kwargs(args))
-    adjustment = losses.posthoc_adjustment(getattr(args, "posthoc", "none"), cls_num_list,
-                                           getattr(args, "tau", 1.0), getattr(args, "target_prior", None),
-                                           losses.trained_prior_scale(args.loss_type, getattr(args, "tau", 1.0)))
+    model = build_classifier(cfg.arch, spec.num_classes, cfg.loss_type, device, cfg.channels_last)
+    test_loader = make_loader(test_set, spec, device, train=False, **cfg.loader)
+    adjustment = losses.posthoc_adjustment(cfg.posthoc, cls_num_list, cfg.tau, list(cfg.target_prior),
+                                           losses.trained_prior_scale(cfg.loss_type, cfg.tau))
     adjustment = None if adjustment is None else adjustment.to(device)
     evaluate_fn = lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list,  # noqa: E731
-                                   logit_adjustment=adjustment, amp=args.amp)
+                                   logit_adjustment=adjustment, amp=cfg.amp)
+    if cfg.evaluate:
+        return evaluate_checkpoint(cfg, exp, model, test_loader, cls_num_list, evaluate_fn)
 
-    if args.evaluate:
-        load_model_weights(model, resume)
-        metrics = evaluate_fn()
-        print_report(run, f"Evaluation of {args.resume}", metrics)
-        if getattr(args, "shifted_eval", False):
-            metrics["shifted"] = run_shifted_eval(model, test_loader, cls_num_list, args.loss_type, args.tau,
-                                                  args.shifted_seed, run, amp=args.amp)
-        return metrics
-
-    if args.pretrained_model and resume is None:
-        report = load_pretrained_backbone(model, args.pretrained_model)
-        run.print(f"=> self-supervised init from {args.pretrained_model}: loaded {len(report['loaded'])} tensors, "
+    if cfg.pretrained_model and exp.resume is None:
+        report = load_pretrained_backbone(model, cfg.pretrained_model)
+        run.print(f"=> self-supervised init from {cfg.pretrained_model}: loaded {len(report['loaded'])} tensors, "
                   f"fresh: {report['missing']}")
-    rule = train_rule_from_args(args, cls_num_list)
-    criterion = loss_from_args(args, cls_num_list).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    rule = losses.build_train_rule(cfg.train_rule, cls_num_list, **cfg.rule_kwargs)
+    criterion = losses.build_loss(cfg.loss_type, cls_num_list, **cfg.loss_kwargs).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_loader = make_loader(train_set, spec, device, train=True, seed=exp.seed,
                                sample_weights=rule.sample_weights(np.asarray(train_set.targets)),
-                               views=method_class.views, **loader_kwargs(args))
-    method = method_class(model, criterion, rule, net=distributed.wrap_ddp(model, device), amp=args.amp,
-                          compile_mode=args.compile_mode if args.compile else None)
-    meta = {"arch": args.arch, "num_classes": spec.num_classes, "use_norm": uses_normed_head(args.loss_type),
-            "cls_num_list": list(cls_num_list), "args": args_to_dict(args)}
-    if resume is not None:
-        load_model_weights(model, resume)
-    run.print(f"=> {name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {exp.seed}, "
+                               views=method_class.views, **cfg.loader)
+    method = method_class(model, criterion, rule, net=distributed.wrap_ddp(model, device), amp=cfg.amp,
+                          compile_mode=cfg.compile_mode)
+    meta = {"arch": cfg.arch, "num_classes": spec.num_classes, "use_norm": uses_normed_head(cfg.loss_type),
+            "cls_num_list": list(cls_num_list), "args": cfg.record}
+    if exp.resume is not None:
+        load_model_weights(model, exp.resume)
+    run.print(f"=> {cfg.name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {exp.seed}, "
               f"device {device}")
-    summary = exp.fit(method, optimizer, train_loader, schedule_from_args(args),
-                      LoopConfig(args.epochs, args.start_epoch, args.print_freq), os.path.join(args.root_model, name),
-                      meta, evaluate=evaluate_fn)
+    summary = exp.fit(method, optimizer, train_loader, cfg.schedule, cfg.loop, cfg.ckpt_dir, meta,
+                      evaluate=evaluate_fn)
     if summary["last"]:
         print_report(run, f"Last epoch ({summary['epochs']})", summary["last"])
         print_report(run, f"Best epoch ({summary['best_epoch'] + 1}, selected on the test set as in the papers)",

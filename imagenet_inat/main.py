@@ -365,7 +365,7 @@ def run(args: argparse.Namespace) -> dict:
                      device=config.resolve_device(args), seed=args.seed,
                      resume="" if args.test else args.resume, tensorboard=trains)
     splits = build_splits(args)
-    model = build_classifier(args, args.num_classes, exp.device)
+    model = build_classifier(args.arch, args.num_classes, args.loss_type, exp.device, args.channels_last)
     exp.run.print(f"=> {args.dataset} stage {args.stage}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())
                   + f" images, {args.num_classes} classes, {args.arch}, {distributed.world_size()} process(es), "
                   f"seed {exp.seed}, {exp.device}")

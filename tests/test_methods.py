@@ -40,7 +40,8 @@ def test_a_two_view_method_trains_one_epoch_through_the_runner(cifar10_root, tmp
     spec = DATASETS[args.dataset]
     data = config.dataset_kwargs(args)
     train_set = spec.build("train", **data)
-    summary = run_classification(args, spec, train_set, spec.build("test", **data), store_name(args), TwoViewAgreement)
+    summary = run_classification(config.classifier_run(args, store_name(args)), spec, train_set,
+                                 spec.build("test", **data), TwoViewAgreement)
     assert TwoViewAgreement.seen_shapes[0] == (64, 2, 3, 32, 32)  # (B, views, C, H, W) from the device loader
     assert sum(s[0] for s in TwoViewAgreement.seen_shapes) == len(train_set)
     record = json.loads(open(os.path.join(tmp_path, "log", store_name(args), "metrics.jsonl")).readline())
@@ -56,5 +57,5 @@ def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tm
     spec = DATASETS[args.dataset]
     with pytest.raises(ValueError, match="needs 2 views"):
         data = config.dataset_kwargs(args)
-        run_classification(args, spec, spec.build("train", **data), spec.build("test", **data), store_name(args),
-                           TwoViewAgreement)
+        run_classification(config.classifier_run(args, store_name(args)), spec, spec.build("train", **data),
+                           spec.build("test", **data), TwoViewAgreement)
