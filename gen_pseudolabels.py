@@ -7,7 +7,7 @@ SPEC section 1.3). See engine/pseudolabel.py for the pools, the prediction and t
     python train_semi.py --dataset cifar10 --imb_factor 0.01 --imb_factor_unlabel 0.01      # 3. D_L + D_U
     python gen_pseudolabels.py --dataset svhn --resume CKPT --output_filename pseudo_labeled_svhn.pickle  # upstream
 
-Differences from the reference: the pools are read from --data_dir (upstream hard-coded ./data); prediction runs
+Differences from the reference: the pools are read from --data_path (upstream hard-coded ./data); prediction runs
 in big batches on the device (no 100-worker DataLoader); the default output is a pickle-free .npz that also keeps
 the confidences; --confidence_threshold is optional (the paper uses none, issue #24); arch and head type come from
 the checkpoint when it records them.
@@ -26,6 +26,11 @@ from engine import config, pseudolabel
 from engine.checkpoint import load_checkpoint, load_model_weights
 from engine.data import DATASETS
 from engine.experiment import uses_normed_head
+from engine.runspec import RunSpec
+
+# One output file; reproduce.py writes it into the run's folder as pseudo_labels.npz.
+RUN = RunSpec(outputs={"file": "{output_dir}/{output_filename}"}, marker="file", folders={"output_dir": "{run}"},
+              fixed={"output_filename": "pseudo_labels.npz"}, trains=False, subset_seed=False, exp_str=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=0, type=int, help="CUDA device index")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: cuda if present)")
     p.add_argument("--resume", default="", metavar="PATH", help="checkpoint of the base classifier (required)")
-    p.add_argument("--data_dir", default="./data", help="folder holding the unlabeled pool")
+    p.add_argument("--data_path", "--data_dir", default="./data",
+                   help="folder holding the unlabeled pool (--data_dir: the upstream name)")
     p.add_argument("--data_filename", default=imbalance_cifar.TINY_IMAGES_FILE,
-                   help="tinyimages pool file in --data_dir (train_semi.py reads "
+                   help="tinyimages pool file in --data_path (train_semi.py reads "
                         f"{imbalance_cifar.TINY_IMAGES_FILE})")
     p.add_argument("--output_dir", default="./data", help="folder of the pseudo-label file")
     p.add_argument("--output_filename", default=None,
@@ -51,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     pseudolabel.add_unlabeled_source_arg(p)
     p.add_argument("--confidence_threshold", type=float, default=None,
                    help="label -1 (no pseudo-label) where the max softmax probability is below this (default: none)")
-    p.add_argument("--batch_size", type=int, default=1000, help="prediction batch size")
+    p.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=int, default=1000,
+                   help="prediction batch size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
@@ -82,7 +89,7 @@ def main(argv=None) -> str:
     use_norm = bool(ckpt.get("use_norm", uses_normed_head(args.loss_type)))
     model = models.build_model(arch, spec.num_classes, use_norm=use_norm)
     load_model_weights(model, ckpt)
-    images, ground_truth = pseudolabel.load_pool(args.dataset, args.unlabeled_source, args.data_dir,
+    images, ground_truth = pseudolabel.load_pool(args.dataset, args.unlabeled_source, args.data_path,
                                                  args.data_filename)
     device = config.resolve_device(args)
     print(f"=> {arch} (cosine head: {use_norm}) from {args.resume} labels {len(images)} images of the "

@@ -27,10 +27,11 @@ import models
 from engine import config, distributed
 from engine.checkpoint import load_checkpoint, strip_prefix
 from engine.data import DATASETS
-from engine.experiment import seed_run, start_process, store_name
+from engine.experiment import seed_run, start_process
 from engine.loaders import TorchLoader
 from engine.moco import AUGMENTATIONS, MocoStep, MocoTrainer, TwoCropsTransform, build_moco
 from engine.runlog import RunLog
+from engine.runspec import RunSpec
 from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, reference_split_file
 
 
@@ -70,6 +71,27 @@ MOCO_DATA = {
 }
 
 
+def source_defaults(values: dict) -> dict:
+    """The flag values with -a and --list_file, when not given, set to the data source's."""
+    source = MOCO_DATA[values["dataset"]]
+    return dict(values, arch=values["arch"] or source.arch, list_file=values["list_file"] or source.list_file)
+
+
+def run_name_fields(values: dict) -> tuple[str, ...]:
+    """The log folder's name fields: no long-tail fields for the image-list data sets."""
+    long_tail = () if MOCO_DATA[values["dataset"]].list_file else ("imb_type", "imb_factor")
+    return ("dataset", "arch", *long_tail, "exp_str")
+
+
+# Logs in {root_log}/{run_name}/ (e.g. cifar10_resnet32_exp_0.01_pretrain_moco), the reference's checkpoints in
+# {root_path}/{dataset}/checkpoint/ (engine.moco.MocoTrainer); the last one is what train.py --pretrained_model takes.
+RUN = RunSpec(run_name_fields, resolve=source_defaults, checks=config.validate_common,
+              outputs={"final": "{root_log}/{run_name}/final.json",
+                       "checkpoint": "{root_path}/{dataset}/checkpoint/moco_ckpt_{epochs:04d}.pth.tar",
+                       "log_dir": "{root_log}/{run_name}", "ckpt_dir": "{root_path}/{dataset}/checkpoint"},
+              folders={"root_log": "{run}/log", "root_path": "{run}/ckpt"})
+
+
 class CosAction(argparse.BooleanOptionalAction):
     """The reference's --cos as a switch: --cos is --lr_schedule cosine, --no-cos is --lr_schedule step."""
 
@@ -87,9 +109,8 @@ class ScheduleAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, MOCO_DATA, default="imagenet")
+    config.add_data_args(p, MOCO_DATA, default="imagenet", data_aliases=["--data"])  # --data: the reference's
     g = p.add_argument_group("MoCo")
-    g.add_argument("--data", dest="data_path", default=argparse.SUPPRESS, help="the reference's name of --data_path")
     g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
     g.add_argument("--root_path", default="./data", help="checkpoints go to {root_path}/{dataset}/checkpoint/")
     g.add_argument("-a", "--arch", default=None, choices=models.model_names(),
@@ -171,8 +192,7 @@ def main(argv=None) -> torch.nn.Module:
     """Pre-train; returns the MoCo module (encoder_q, encoder_k, queue) of this process."""
     args = config.parse(build_parser(), argv, validate)
     source = MOCO_DATA[args.dataset]
-    args.arch = args.arch or source.arch
-    args.list_file = args.list_file or source.list_file
+    vars(args).update(source_defaults(vars(args)))
     device = start_process(args)
     resume = load_checkpoint(args.resume) if args.resume else None
     seed = seed_run(args, resume, device)
@@ -183,9 +203,7 @@ def main(argv=None) -> torch.nn.Module:
     # gradient, and SGD skips parameters without one.
     optimizer = torch.optim.SGD(moco.parameters(), lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
-    fields = ("dataset", "arch", "exp_str") if source.list_file else ("dataset", "arch", "imb_type", "imb_factor",
-                                                                      "exp_str")
-    run = RunLog(os.path.join(args.root_log, store_name(args, fields)), dict(config.args_to_dict(args), seed=seed))
+    run = RunLog(os.path.join(args.root_log, RUN.run_name(vars(args))), dict(config.args_to_dict(args), seed=seed))
     meta = {"arch": args.arch, "seed": seed, "args": config.args_to_dict(args)}
     trainer = MocoTrainer(model, optimizer, loader, MocoStep(model), args, run,
                           os.path.join(args.root_path, args.dataset, "checkpoint"), meta, save_every=args.print_freq)

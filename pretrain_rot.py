@@ -42,7 +42,8 @@ from torch.utils.data import Dataset
 from engine import config
 from engine.augment import rotate_batch
 from engine.data import DATASETS, DatasetSpec, check_loader
-from engine.experiment import run_classification, store_name
+from engine.experiment import run_classification
+from engine.runspec import classification_run
 from engine.samplers import epoch_seed
 from imagenet_inat.datasets import LT_DATASETS, REFERENCE_NAMES, ListDataset, list_transform, reference_split_file
 from imbalance_cifar import ImageArrayDataset
@@ -159,17 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Set the flags left unset to the data source's defaults (reproduce.py calls this too)."""
-    for key, value in (ARRAY_DEFAULTS if SOURCES[args.dataset].in_memory else LIST_DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+def source_defaults(values: dict) -> dict:
+    """The flag values with the ones left unset (None) set to the data source's defaults."""
+    defaults = ARRAY_DEFAULTS if SOURCES[values["dataset"]].in_memory else LIST_DEFAULTS
+    return {**values, **{key: value for key, value in defaults.items() if values[key] is None}}
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """``fill_defaults``, then the checks (common ones, and the split files of image-list data)."""
-    fill_defaults(args)
+    """``source_defaults``, then the checks (common ones, and the split files of image-list data)."""
+    vars(args).update(source_defaults(vars(args)))
     config.validate_common(args)
     check_loader(SOURCES[args.dataset], args)
     if SOURCES[args.dataset].in_memory:
@@ -181,10 +180,14 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def run_name_fields(args: argparse.Namespace) -> tuple[str, ...]:
-    """The reference's run-name fields: no long-tail fields for the image-list data sets (reproduce.py uses it)."""
-    long_tail = ("imb_type", "imb_factor") if SOURCES[args.dataset].in_memory else ()
+def run_name_fields(values: dict) -> tuple[str, ...]:
+    """The reference's run-name fields: no long-tail fields for the image-list data sets."""
+    long_tail = ("imb_type", "imb_factor") if SOURCES[values["dataset"]].in_memory else ()
     return ("dataset", "arch", "loss_type", "train_rule", *long_tail, "exp_str")
+
+
+# e.g. cifar10_resnet32_CE_None_exp_0.01_pretrain_rot; the upstream suffix pretrain_rot is kept in tables too
+RUN = classification_run(run_name_fields, exp_str=False, resolve=source_defaults, checks=config.validate_common)
 
 
 def main(argv=None):
@@ -192,7 +195,7 @@ def main(argv=None):
     data = SOURCES[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
     return run_classification(args, spec, rotation_train_set(data.train(args)), rotated_test_set(data.test(args)),
-                              store_name(args, run_name_fields(args)), batch_transform=Rotate())
+                              RUN.run_name(vars(args)), batch_transform=Rotate())
 
 
 if __name__ == "__main__":

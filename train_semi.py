@@ -23,11 +23,13 @@ import argparse
 import imbalance_cifar
 from engine import config, pseudolabel
 from engine.data import DATASETS, build_dataset
-from engine.experiment import run_classification, store_name
+from engine.experiment import run_classification
+from engine.runspec import classification_run
 from imbalance_svhn import ImbalanceSVHN, SemiSupervisedImbalanceSVHN
 
-STORE_FIELDS = ("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "imb_factor_unlabel",
-                "exp_str")
+# train.py's run name with rho_U, e.g. cifar10_resnet32_CE_None_exp_0.01_0.01_semi
+RUN = classification_run(("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor",
+                          "imb_factor_unlabel", "exp_str"), checks=config.validate_common)
 CIFAR10_ONLY = ("labeled_max", "unlabeled_max")
 
 
@@ -103,7 +105,7 @@ def main(argv=None):
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
     train_set = (LABELED_SETS if args.labeled_only else SEMI_SETS)[args.dataset](args)
-    return run_classification(args, spec, train_set, spec.test(args), store_name(args, STORE_FIELDS))
+    return run_classification(args, spec, train_set, spec.test(args), RUN.run_name(vars(args)))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def run(args, loader: str, extra: list[str], out_dir: str) -> dict:
     spec = train.DATASETS[parsed.dataset]
     n_train = len(spec.train(parsed))
     train.main(argv)
-    log = os.path.join(out_dir, train.store_name(parsed), "metrics.jsonl")
+    log = os.path.join(out_dir, train.RUN.run_name(vars(parsed)), "metrics.jsonl")
     return {"records": [json.loads(line) for line in open(log)], "n_train": n_train}
 
 

@@ -15,7 +15,6 @@ import train
 import train_semi
 from engine import pseudolabel, safe_pickle
 from engine.checkpoint import load_checkpoint
-from engine.experiment import store_name
 from imbalance_cifar import SemiSupervisedImbalanceCIFAR10, get_img_num_per_cls
 from imbalance_svhn import SVHN_CLASS_ORDER, SemiSupervisedImbalanceSVHN
 
@@ -310,7 +309,7 @@ def parse_config(name):
 
 
 def checkpoint_of(script, args):
-    name = store_name(args, train_semi.STORE_FIELDS) if script is train_semi else store_name(args)
+    name = script.RUN.run_name(vars(args))
     return os.path.join(args.root_model, name, "ckpt.pth.tar")
 
 
