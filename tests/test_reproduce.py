@@ -345,3 +345,57 @@ def test_on_off_switches_become_flag_or_no_flag():
     action = parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
     assert tables_plan._tokens("download", False, action, "spec") == ["--no-download"]
     assert tables_plan._tokens("download", True, action, "spec") == ["--download"]
+
+
+# ------------------------------------------------------------------- every script: MoCo, imagenet_inat
+
+def test_moco_then_train_runs_from_the_scripts_declarations(tiny_cifar10, tmp_path):
+    """pretrain_moco.py -> train.py: the MoCo checkpoint path comes from pretrain_moco.py's RUN
+    ({root_path}/{dataset}/checkpoint/moco_ckpt_{epochs:04d}.pth.tar), and train.py starts from it."""
+    spec = write_spec(tmp_path, "moco", seeds=[0],
+                      defaults={"arch": "resnet20", "epochs": 1, "imb_type": "none", "batch_size": 20,
+                                "pretrain_moco.py": {"moco-k": 80, "moco-dim": 16, "workers": 0},
+                                "train.py": {"eval_batch_size": 40}},
+                      columns=[{"key": "c10", "label": "CIFAR-10", "overrides": {"dataset": "cifar10"}}],
+                      rows=[{"key": "MoCo_CE", "label": "MoCo + CE", "stages": [
+                          {"name": "moco", "script": "pretrain_moco.py"},
+                          {"name": "train", "script": "train.py",
+                           "overrides": {"pretrained_model": "{moco.checkpoint}"}}]}])
+    out = tmp_path / "results"
+    plan = tables.expand(tables.load_table(spec), [0], out=str(out), data_path=tiny_cifar10, device="cpu")
+    moco, train = plan.jobs
+    assert train.deps == [moco] and plan.cells[("MoCo_CE", "c10")][0] is train
+    assert moco.outputs["checkpoint"] == os.path.join(moco.dir, "ckpt", "cifar10", "checkpoint",
+                                                      "moco_ckpt_0001.pth.tar")
+    assert moco.marker == os.path.join(moco.dir, "log", "cifar10_resnet20_none_0.01_moco_s0", "final.json")
+    assert flag(moco.argv, "--root_path") == os.path.join(moco.dir, "ckpt") and "--root_model" not in moco.argv
+    assert flag(moco.argv, "--data_path") == tiny_cifar10 and flag(moco.argv, "--rand_number") == "0"
+    assert flag(train.argv, "--pretrained_model") == moco.outputs["checkpoint"]
+
+    result = reproduce.main([spec, "--data_path", tiny_cifar10, "--out", str(out), "--device", "cpu"])
+    assert result.executed == 2 and not result.failed and not result.blocked
+    assert os.path.isfile(moco.outputs["checkpoint"]) and train.finished()
+    assert "self-supervised init from " + moco.outputs["checkpoint"] in (Path(train.dir) / "output.log").read_text()
+
+
+def test_imagenet_inat_stages_expand_as_python_m(tmp_path):
+    """python -m imagenet_inat.main stages: --cfg configs, --log_dir in the run's folder, the stage-1 folder as
+    the cRT init, no --rand_number or --exp_str (imagenet_inat/main.py's RUN)."""
+    synthetic = "imagenet_inat/config/synthetic"
+    spec = write_spec(tmp_path, "inat", seeds=[3], defaults={},
+                      columns=[{"key": "syn", "label": "synthetic ImageNet-LT"}],
+                      rows=[{"key": "cRT", "label": "cRT", "stages": [
+                          {"name": "feature", "script": "imagenet_inat/main.py",
+                           "config": f"{synthetic}/feat_uniform.yaml"},
+                          {"name": "crt", "script": "imagenet_inat/main.py", "config": f"{synthetic}/cls_crt.yaml",
+                           "overrides": {"init": "{feature.log_dir}"}}]}])
+    plan = tables.expand(tables.load_table(spec), [3], out="out", data_path="/images", epochs=2)
+    feature, crt = plan.jobs
+    config = os.path.relpath(REPO / synthetic / "feat_uniform.yaml")
+    assert feature.command() == ["python", "-m", "imagenet_inat.main", "--cfg", config, "--epochs", "2", "--seed",
+                                 "3", "--log_dir", os.path.join(feature.dir, "log"), "--data_path", "/images"]
+    assert crt.deps == [feature] and flag(crt.argv, "--init") == feature.outputs["log_dir"]
+    assert feature.outputs["log_dir"] == os.path.join("out", "runs", "inat_epochs2", "syn", "cRT", "seed3",
+                                                      "feature", "log")
+    assert crt.outputs["checkpoint"] == os.path.join(crt.dir, "log", "ckpt.pth.tar")
+    assert crt.marker == os.path.join(crt.dir, "log", "final.json") and crt.epochs == 2
