@@ -186,7 +186,8 @@ def run_name_fields(values: dict) -> tuple[str, ...]:
     return ("dataset", "arch", "loss_type", "train_rule", *long_tail, "exp_str")
 
 
-# e.g. cifar10_resnet32_CE_None_exp_0.01_pretrain_rot; the upstream suffix pretrain_rot is kept in tables too
+# e.g. cifar10_resnet32_CE_None_exp_0.01_pretrain_rot; reproduce.py keeps the suffix pretrain_rot (exp_str=False),
+# the checkpoint name of the upstream README and of configs/ssp/
 RUN = classification_run(run_name_fields, exp_str=False, resolve=source_defaults, checks=config.validate_common)
 
 

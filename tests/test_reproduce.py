@@ -152,7 +152,7 @@ def test_ssp_pipeline_order_paths_and_shared_pretraining():
 
 
 def test_flag_dependent_defaults_reach_the_run_names():
-    # pretrain_rot.py's -a default depends on --dataset (fill_defaults): without `arch` in the spec, the
+    # pretrain_rot.py's -a default depends on --dataset (its RUN.resolve): without `arch` in the spec, the
     # planned checkpoint path must still be the one the script writes (resnet32 for CIFAR).
     table = tables.load_table("ssp_cifar")
     plan = tables.expand(dataclasses.replace(table, defaults={}), [0], out="out")
