@@ -1,9 +1,10 @@
 """One argument builder for every script: the upstream flags and defaults, YAML configs, validation.
 
-Precedence: argparse defaults (the upstream ones) < ``--config FILE.yaml`` < flags on the command line.
-YAML keys are the flags' destination names (``imb_factor``, ``batch_size``, ``weight_decay``...; dashes
-are accepted for underscores). An unknown key, a value outside a flag's choices or a bad value is an
-error before anything runs, naming the key and the file.
+Precedence: argparse defaults (the upstream ones) < ``--config FILE.yaml`` (its ``_base_`` files first) < flags
+on the command line. YAML keys are the flags' destination names (``imb_factor``, ``batch_size``,
+``weight_decay``...) or their long option names (``data_root`` for ``--data_path``'s alias); dashes are accepted
+for underscores. An unknown key, a value outside a flag's choices or a bad value is an error before anything
+runs, naming the key and the file.
 """
 from __future__ import annotations
 
