@@ -8,7 +8,7 @@ engine/pseudolabel_files.py for the file formats.
     python train_semi.py --dataset cifar10 --imb_factor 0.01 --imb_factor_unlabel 0.01      # 3. D_L + D_U
     python gen_pseudolabels.py --dataset svhn --resume CKPT --output_filename pseudo_labeled_svhn.pickle  # upstream
 
-Differences from the reference: the pools are read from --data_dir (upstream hard-coded ./data); prediction runs
+Differences from the reference: the pools are read from --data_path (upstream hard-coded ./data); prediction runs
 in big batches on the device (no 100-worker DataLoader); the default output is a pickle-free .npz that also keeps
 the confidences; --confidence_threshold is optional (the paper uses none, issue #24); arch and head type come from
 the checkpoint when it records them.
@@ -29,6 +29,11 @@ from engine.data import DATASETS, SEMI_SUPERVISED
 from engine.datafiles import TINY_IMAGES_FILE
 from engine.experiment import uses_normed_head
 from engine.pseudolabel_files import DEFAULT_EXTENSIONS, check_output, write_pseudo_labels
+from engine.runspec import RunSpec
+
+# One output file; reproduce.py writes it into the run's folder as pseudo_labels.npz.
+RUN = RunSpec(outputs={"file": "{output_dir}/{output_filename}"}, marker="file", folders={"output_dir": "{run}"},
+              fixed={"output_filename": "pseudo_labels.npz"}, trains=False, subset_seed=False, exp_str=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=0, type=int, help="CUDA device index")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: cuda if present)")
     p.add_argument("--resume", default="", metavar="PATH", help="checkpoint of the base classifier (required)")
-    p.add_argument("--data_dir", default="./data", help="folder holding the unlabeled pool")
+    p.add_argument("--data_path", "--data_dir", default="./data",
+                   help="folder holding the unlabeled pool (--data_dir: the upstream name)")
     p.add_argument("--data_filename", default=TINY_IMAGES_FILE,
-                   help=f"tinyimages pool file in --data_dir (train_semi.py reads {TINY_IMAGES_FILE})")
+                   help=f"tinyimages pool file in --data_path (train_semi.py reads {TINY_IMAGES_FILE})")
     p.add_argument("--output_dir", default="./data", help="folder of the pseudo-label file")
     p.add_argument("--output_filename", default=None,
                    help="pseudo-label file name: .npz (default pseudo_labeled_cifar.npz / pseudo_labeled_svhn.npz) "
@@ -53,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_unlabeled_source_arg(p)
     p.add_argument("--confidence_threshold", type=float, default=None,
                    help="label -1 (no pseudo-label) where the max softmax probability is below this (default: none)")
-    p.add_argument("--batch_size", type=int, default=1000, help="prediction batch size")
+    p.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=int, default=1000,
+                   help="prediction batch size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
@@ -85,7 +92,7 @@ def main(argv=None) -> str:
     use_norm = bool(ckpt.get("use_norm", uses_normed_head(args.loss_type)))
     model = models.build_model(arch, spec.num_classes, use_norm=use_norm)
     load_model_weights(model, ckpt)
-    images, labels = spec.load_pool(args.data_dir, args.unlabeled_source, file=args.data_filename)
+    images, labels = spec.load_pool(args.data_path, args.unlabeled_source, file=args.data_filename)
     ground_truth = labels if spec.pools[spec.pool_name(args.unlabeled_source)].true_labels else None
     device = config.resolve_device(args)
     print(f"=> {arch} (cosine head: {use_norm}) from {args.resume} labels {len(images)} images of the "

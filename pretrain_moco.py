@@ -26,10 +26,11 @@ import models
 from engine import config, distributed
 from engine.checkpoint import strip_prefix
 from engine.data import DATASETS, DatasetSpec
-from engine.experiment import Experiment, store_name
+from engine.experiment import Experiment
 from engine.loaders import TorchLoader
 from engine.methods import MoCoMethod
 from engine.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
+from engine.runspec import RunSpec
 from engine.trainer import LoopConfig
 
 
@@ -43,6 +44,28 @@ def train_set(args: argparse.Namespace, spec: DatasetSpec, transform):
     PIL pipelines); image-list data from --list_file."""
     return spec.build("train", list_file=args.list_file, transform=transform, decode="pil",
                       **config.dataset_kwargs(args))
+
+
+def source_defaults(values: dict) -> dict:
+    """The flag values with -a and --list_file, when not given, set to the data source's."""
+    spec = DATASETS[values["dataset"]]
+    return dict(values, arch=values["arch"] or spec.default_arch,
+                list_file=values["list_file"] or default_list_file(spec))
+
+
+def run_name_fields(values: dict) -> tuple[str, ...]:
+    """The log folder's name fields: no long-tail fields for the image-list data sets."""
+    long_tail = ("imb_type", "imb_factor") if DATASETS[values["dataset"]].in_memory else ()
+    return ("dataset", "arch", *long_tail, "exp_str")
+
+
+# Logs in {root_log}/{run_name}/ (e.g. cifar10_resnet32_exp_0.01_pretrain_moco), the reference's checkpoints in
+# {root_path}/{dataset}/checkpoint/ (engine.methods.MoCoMethod); the last one is what train.py --pretrained_model takes.
+RUN = RunSpec(run_name_fields, resolve=source_defaults, checks=config.validate_common,
+              outputs={"final": "{root_log}/{run_name}/final.json",
+                       "checkpoint": "{root_path}/{dataset}/checkpoint/moco_ckpt_{epochs:04d}.pth.tar",
+                       "log_dir": "{root_log}/{run_name}", "ckpt_dir": "{root_path}/{dataset}/checkpoint"},
+              folders={"root_log": "{run}/log", "root_path": "{run}/ckpt"})
 
 
 class CosAction(argparse.BooleanOptionalAction):
@@ -62,9 +85,8 @@ class ScheduleAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_data_args(p, DATASETS, default="imagenet")
+    config.add_data_args(p, DATASETS, default="imagenet", data_aliases=["--data"])  # --data: the reference's
     g = p.add_argument_group("MoCo")
-    g.add_argument("--data", dest="data_path", default=argparse.SUPPRESS, help="the reference's name of --data_path")
     g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
     g.add_argument("--root_path", default="./data", help="checkpoints go to {root_path}/{dataset}/checkpoint/")
     g.add_argument("-a", "--arch", default=None, choices=models.model_names(),
@@ -147,11 +169,8 @@ def main(argv=None) -> torch.nn.Module:
     """Pre-train; returns the MoCo module (encoder_q, encoder_k, queue) of this process."""
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
-    args.arch = args.arch or spec.default_arch
-    args.list_file = args.list_file or default_list_file(spec)
-    long_tail = ("imb_type", "imb_factor") if spec.in_memory else ()  # the reference's run-name fields
-    fields = ("dataset", "arch", *long_tail, "exp_str")
-    exp = Experiment(log_dir=os.path.join(args.root_log, store_name(args, fields)), record=config.args_to_dict(args),
+    vars(args).update(source_defaults(vars(args)))
+    exp = Experiment(log_dir=os.path.join(args.root_log, RUN.run_name(vars(args))), record=config.args_to_dict(args),
                      device=config.resolve_device(args), seed=args.seed, resume=args.resume)
     device, seed = exp.device, exp.seed
     loader = build_loader(args, spec, device, seed)

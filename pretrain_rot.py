@@ -41,9 +41,10 @@ from torch.utils.data import Dataset
 
 from engine import config
 from engine.data import DATASETS, check_loader
-from engine.experiment import run_classification, store_name
+from engine.experiment import run_classification
 from engine.imagesets import ImageArrayDataset
 from engine.methods import ROTATIONS, RotationPrediction
+from engine.runspec import classification_run
 
 def rotation_train_set(train_set):
     """The training images as a 4-class set. Targets i mod 4 stand for a balanced rotation assignment (the
@@ -120,19 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Set the flags left unset to the data source's defaults (reproduce.py calls this too)."""
-    spec = DATASETS[args.dataset]
+def source_defaults(values: dict) -> dict:
+    """The flag values with the ones left unset (None) set to the data source's defaults."""
+    spec = DATASETS[values["dataset"]]
     defaults = {"arch": spec.default_arch, **(ARRAY_DEFAULTS if spec.in_memory else LIST_DEFAULTS)}
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return {**values, **{key: value for key, value in defaults.items() if values[key] is None}}
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """``fill_defaults``, then the checks (common ones, and the split files of image-list data)."""
-    fill_defaults(args)
+    """``source_defaults``, then the checks (common ones, and the split files of image-list data)."""
+    vars(args).update(source_defaults(vars(args)))
     config.validate_common(args)
     check_loader(DATASETS[args.dataset], args.loader)
     if DATASETS[args.dataset].in_memory:
@@ -144,17 +142,22 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def run_name_fields(args: argparse.Namespace) -> tuple[str, ...]:
-    """The reference's run-name fields: no long-tail fields for the image-list data sets (reproduce.py uses it)."""
-    long_tail = ("imb_type", "imb_factor") if DATASETS[args.dataset].in_memory else ()
+def run_name_fields(values: dict) -> tuple[str, ...]:
+    """The reference's run-name fields: no long-tail fields for the image-list data sets."""
+    long_tail = ("imb_type", "imb_factor") if DATASETS[values["dataset"]].in_memory else ()
     return ("dataset", "arch", "loss_type", "train_rule", *long_tail, "exp_str")
+
+
+# e.g. cifar10_resnet32_CE_None_exp_0.01_pretrain_rot; reproduce.py keeps the suffix pretrain_rot (exp_str=False),
+# the checkpoint name of the upstream README and of configs/ssp/
+RUN = classification_run(run_name_fields, exp_str=False, resolve=source_defaults, checks=config.validate_common)
 
 
 def main(argv=None):
     args = config.parse(build_parser(), argv, resolve_defaults)
     data = DATASETS[args.dataset]
     spec = dataclasses.replace(data, num_classes=len(ROTATIONS))
-    return run_classification(config.classifier_run(args, store_name(args, run_name_fields(args))), spec,
+    return run_classification(config.classifier_run(args, RUN.run_name(vars(args))), spec,
                               rotation_train_set(data_set(args, "train")),
                               rotated_test_set(data_set(args, data.eval_split)), RotationPrediction)
 

@@ -5,9 +5,10 @@
     python reproduce.py ssp_cifar --seeds 1 --epochs 2      # a quick smoke run (report results/ssp_cifar_epochs2.*)
     python reproduce.py path/to/table.yaml
 
-TABLE is a name in configs/tables/ or a spec file (schema: engine/tables.py). Runs go to
-OUT/runs/TABLE/COLUMN/ROW/seedS/STAGE/ (each its own --root_log/--root_model and --exp_str); finished runs
-(final.json or the stage's output file present) are skipped, interrupted ones resume from their checkpoint.
+TABLE is a name in configs/tables/ or a spec file (schema: engine/tables/spec.py). Runs go to
+OUT/runs/TABLE/COLUMN/ROW/seedS/STAGE/ (each its own output folders and --exp_str, as each script declares in its
+RUN = engine.runspec.RunSpec(...)); finished runs (final.json or the stage's output file present) are skipped,
+interrupted ones resume from their checkpoint.
 """
 from __future__ import annotations
 
@@ -49,8 +50,6 @@ def main(argv=None) -> tables.RunResult | None:
                 print(shlex.join(job.command()))
             finished = sum(job.finished() for job in plan.jobs)
             print(f"# {len(plan.jobs)} runs, {finished} already finished (skipped when run)", file=sys.stderr)
-            if plan.unvalidated:
-                print(f"# not validated (not in this checkout): {', '.join(plan.unvalidated)}", file=sys.stderr)
             return None
         result = tables.run_plan(plan, args.jobs)
     except tables.TableError as e:

@@ -14,7 +14,12 @@ import argparse
 
 from engine import config
 from engine.data import DATASETS, IN_MEMORY
-from engine.experiment import run_classification, store_name
+from engine.experiment import run_classification
+from engine.runspec import classification_run
+
+# The upstream run name, e.g. cifar10_resnet32_CE_None_exp_0.01_ss_pretrained (logs, checkpoints, reproduce.py).
+RUN = classification_run(("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "exp_str"),
+                         checks=config.validate_common)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +37,7 @@ def main(argv=None):
     args = config.parse(build_parser(), argv)
     spec = DATASETS[args.dataset]
     data = config.dataset_kwargs(args)
-    return run_classification(config.classifier_run(args, store_name(args)), spec, spec.build("train", **data),
+    return run_classification(config.classifier_run(args, RUN.run_name(vars(args))), spec, spec.build("train", **data),
                               spec.build(spec.eval_split, **data))
 
 

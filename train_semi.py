@@ -22,11 +22,13 @@ import argparse
 
 from engine import config
 from engine.data import DATASETS, SEMI_SUPERVISED
-from engine.experiment import run_classification, store_name
+from engine.experiment import run_classification
 from engine.longtail import check_imb_factor
+from engine.runspec import classification_run
 
-STORE_FIELDS = ("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "imb_factor_unlabel",
-                "exp_str")
+# train.py's run name with rho_U, e.g. cifar10_resnet32_CE_None_exp_0.01_0.01_semi
+RUN = classification_run(("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor",
+                          "imb_factor_unlabel", "exp_str"), checks=config.validate_common)
 # Head-class sizes of the stand-in protocol: for data sets whose n_max is not fixed (SVHN-LT's is 1000).
 HEAD_SIZES = ("labeled_max", "unlabeled_max")
 
@@ -93,7 +95,7 @@ def validate(args: argparse.Namespace) -> None:
 def main(argv=None):
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
-    return run_classification(config.classifier_run(args, store_name(args, STORE_FIELDS)), spec, train_set(args),
+    return run_classification(config.classifier_run(args, RUN.run_name(vars(args))), spec, train_set(args),
                               spec.build(spec.eval_split, **config.dataset_kwargs(args)))
 
 

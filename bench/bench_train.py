@@ -55,7 +55,7 @@ def run(args, loader: str, extra: list[str], out_dir: str) -> dict:
     parsed = train.config.parse(train.build_parser(), argv)
     n_train = len(train.DATASETS[parsed.dataset].build("train", **train.config.dataset_kwargs(parsed)))
     train.main(argv)
-    log = os.path.join(out_dir, train.store_name(parsed), "metrics.jsonl")
+    log = os.path.join(out_dir, train.RUN.run_name(vars(parsed)), "metrics.jsonl")
     return {"records": [json.loads(line) for line in open(log)], "n_train": n_train}
 
 

@@ -1,9 +1,10 @@
 """One argument builder for every script: the upstream flags and defaults, YAML configs, validation.
 
-Precedence: argparse defaults (the upstream ones) < ``--config FILE.yaml`` < flags on the command line.
-YAML keys are the flags' destination names (``imb_factor``, ``batch_size``, ``weight_decay``...; dashes
-are accepted for underscores). An unknown key, a value outside a flag's choices or a bad value is an
-error before anything runs, naming the key and the file.
+Precedence: argparse defaults (the upstream ones) < ``--config FILE.yaml`` (its ``_base_`` files first) < flags
+on the command line. YAML keys are the flags' destination names (``imb_factor``, ``batch_size``,
+``weight_decay``...) or their long option names (``data_root`` for ``--data_path``'s alias); dashes are accepted
+for underscores. An unknown key, a value outside a flag's choices or a bad value is an error before anything
+runs, naming the key and the file.
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ from engine.schedules import SCHEDULES, LRSchedule
 from engine.trainer import LoopConfig
 
 
-def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: str = "cifar10") -> None:
+def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: str = "cifar10",
+                  data_aliases: Sequence[str] = ()) -> None:
     """--dataset (choices: ``datasets``, a view of engine.data.DATASETS read now, so register a data set before
-    building the parser) and the long-tail flags of ``DatasetSpec.build``."""
+    building the parser) and the long-tail flags of ``DatasetSpec.build``; ``data_aliases``: other spellings of
+    --data_path (a reference script's, e.g. --data)."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default, choices=list(datasets), help="dataset")
-    g.add_argument("--data_path", default="./data", help="folder holding the dataset files")
+    g.add_argument("--data_path", *data_aliases, default="./data", help="folder holding the dataset files")
     g.add_argument("--imb_type", default="exp", choices=list(IMB_TYPES),
                    help="long-tail profile: exp (n_i = n_max / rho^(i/(C-1))), step (n_max for the first half of "
                         "the classes, n_max / rho for the rest) or none (balanced)")
@@ -229,27 +232,67 @@ def _coerce(action: argparse.Action, key: str, value, source: str):
     return one(value)
 
 
-def load_yaml_defaults(parser: argparse.ArgumentParser, path: str,
-                       translate: Callable[[dict, str], dict] | None = None) -> dict:
-    """Read ``path`` and return {dest: value} for the parser's flags; unknown keys are an error.
+BASE_KEY = "_base_"
 
-    ``translate(mapping, path) -> mapping`` rewrites another layout into flag names first (e.g. the reference
-    ImageNet-LT code's nested configs)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: --config: no file {path!r}")
+
+def _config_layers(path: str, translate: Callable[[dict, str], dict] | None,
+                   chain: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """(file, mapping) of ``path``'s bases, recursively and in their order, then of ``path`` itself."""
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
+    bases = cfg.pop(BASE_KEY, []) if isinstance(cfg, dict) else []
     if translate is not None:
         cfg = translate(cfg, path)
     if not isinstance(cfg, dict):
         raise SystemExit(f"error: --config: {path!r} must hold a mapping of flag names to values")
+    bases = [bases] if isinstance(bases, str) else bases
+    if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise SystemExit(f"error: {path}: {BASE_KEY}: expected a path relative to this file or a list of them, "
+                         f"got {bases!r}")
+    chain = (*chain, path)
+    layers = []
+    for base in bases:
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        if not os.path.isfile(base_path):
+            raise SystemExit(f"error: {path}: {BASE_KEY}: no file {base_path!r}")
+        seen = [os.path.realpath(p) for p in chain]
+        if os.path.realpath(base_path) in seen:
+            cycle = chain[seen.index(os.path.realpath(base_path)):]
+            raise SystemExit(f"error: {path}: {BASE_KEY} cycle: {' -> '.join((*cycle, base_path))}")
+        layers += _config_layers(base_path, translate, chain)
+    return layers + [(path, cfg)]
+
+
+def load_yaml_defaults(parser: argparse.ArgumentParser, path: str,
+                       translate: Callable[[dict, str], dict] | None = None) -> dict:
+    """Read ``path`` and return {dest: value} for the parser's flags; unknown keys are an error naming the file.
+
+    Keys are the flags' destinations or their long option names (``data_root`` for ``--data_path``'s alias
+    ``--data_root``). ``_base_: FILE`` (relative to this file; or a list, later files win) inherits the keys of
+    other configs, as mmpretrain's configs do; the file's own keys win over its bases'.
+    ``translate(mapping, path) -> mapping`` rewrites another layout into flag names first (e.g. the reference
+    ImageNet-LT code's nested configs), file by file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --config: no file {path!r}")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    names = dict(actions)
+    for action in actions.values():
+        for flag in action.option_strings:
+            if flag.startswith("--"):
+                names.setdefault(flag[2:].replace("-", "_"), action)
     out = {}
-    for raw_key, value in cfg.items():
-        key = str(raw_key).replace("-", "_")
-        if key not in actions:
-            raise SystemExit(f"error: {path}: unknown key {raw_key!r}; valid keys: {', '.join(sorted(actions))}")
-        out[key] = _coerce(actions[key], key, value, path)
+    for source, cfg in _config_layers(path, translate):
+        where = source if source == path else f"{source} (a base of {path})"
+        given = {}
+        for raw_key, value in cfg.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in names:
+                raise SystemExit(f"error: {where}: unknown key {raw_key!r}; valid keys: {', '.join(sorted(actions))}")
+            dest = names[key].dest
+            if dest in given:
+                raise SystemExit(f"error: {where}: keys {given[dest]!r} and {raw_key!r} both set --{dest}; keep one")
+            given[dest] = raw_key
+            out[dest] = _coerce(names[key], key, value, where)
     return out
 
 

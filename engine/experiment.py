@@ -29,12 +29,6 @@ from engine.schedules import LRSchedule
 from engine.trainer import LoopConfig, Trainer
 
 
-def store_name(args: argparse.Namespace, fields=("dataset", "arch", "loss_type", "train_rule", "imb_type",
-                                                 "imb_factor", "exp_str")) -> str:
-    """Run name as upstream, e.g. ``cifar10_resnet32_CE_None_exp_0.01_ss_pretrained``."""
-    return "_".join(str(getattr(args, f)) for f in fields)
-
-
 def choose_seed(seed: int | None, resume_ckpt: dict | None) -> int:
     """``seed`` (--seed), else the resumed run's seed, else a fresh random one (recorded, so a resume can
     continue)."""

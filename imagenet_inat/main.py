@@ -31,6 +31,7 @@ from engine.samplers import ShardSampler
 from engine.metrics import collect_features, collect_logits, evaluate
 from engine.runlog import RunLog, write_json
 from engine.methods import Classification
+from engine.runspec import RunSpec
 from engine.trainer import LoopConfig
 from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, read_split_file
@@ -42,6 +43,10 @@ SPLITS = ("train", "val", "test")
 FEATURE_SPLITS = ("train_plain", "val", "test")
 BEST, LAST = "ckpt.best.pth.tar", "ckpt.pth.tar"
 REFERENCE_BEST = "final_model_checkpoint.pth"  # what the reference code's run folders hold
+# A stage's logs, checkpoints and final.json all go to --log_dir, as in the reference code.
+RUN = RunSpec(outputs={"final": "{log_dir}/final.json", "checkpoint": "{log_dir}/" + LAST,
+                       "best_checkpoint": "{log_dir}/" + BEST, "log_dir": "{log_dir}"},
+              folders={"log_dir": "{run}/log"}, subset_seed=False, exp_str=False, translate=reference_config.translate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ImageNet_LT", choices=sorted(LT_DATASETS),
                    help="normalisation, colour jitter, class count and split-file names")
-    g.add_argument("--data_root", default="./data", help="folder the split files' image paths are relative to")
+    g.add_argument("--data_path", "--data_root", default="./data",
+                   help="folder the split files' image paths are relative to (--data_root: the reference's name)")
     for split in SPLITS:
         g.add_argument(f"--{split}_split", default=None,
                        help=f"{split} split file (default: the dataset's file name inside --data_root)")
@@ -120,21 +126,21 @@ def resolve_splits(args: argparse.Namespace) -> None:
     """Fill in default split paths and check them against num_classes and the data root."""
     spec = LT_DATASETS[args.dataset]
     args.num_classes = args.num_classes or spec.num_classes
-    if not os.path.isdir(args.data_root):
-        raise ValueError(f"--data_root: no folder {args.data_root!r}")
+    if not os.path.isdir(args.data_path):
+        raise ValueError(f"--data_root: no folder {args.data_path!r}")
     for split in SPLITS:
         key = f"{split}_split"
         if getattr(args, key) is None and split in spec.list_files:
-            setattr(args, key, os.path.join(args.data_root, spec.list_files[split]))
+            setattr(args, key, os.path.join(args.data_path, spec.list_files[split]))
         path = getattr(args, key)
         if path is None:
             continue
         paths, labels = read_split_file(path)
         if labels.max() >= args.num_classes:
             raise ValueError(f"--{key} {path!r} has label {int(labels.max())} but num_classes is {args.num_classes}")
-        if not os.path.isfile(os.path.join(args.data_root, paths[0])):
+        if not os.path.isfile(os.path.join(args.data_path, paths[0])):
             raise ValueError(f"--{key} {path!r}: its first image {paths[0]!r} is not under --data_root "
-                             f"{args.data_root!r}: is the data root right?")
+                             f"{args.data_path!r}: is the data root right?")
         if split == "train":
             empty = np.flatnonzero(np.bincount(labels, minlength=args.num_classes) == 0)
             if len(empty):
@@ -200,7 +206,7 @@ def build_splits(args: argparse.Namespace) -> dict[str, ListDataset]:
     for split in (*SPLITS, "train_plain") if args.save_feat == "train_plain" else SPLITS:
         path = getattr(args, f"{split.removesuffix('_plain')}_split")
         if path is not None:
-            out[split] = spec.build(split.removesuffix("_plain"), data_path=args.data_root, list_file=path,
+            out[split] = spec.build(split.removesuffix("_plain"), data_path=args.data_path, list_file=path,
                                     augment=split == "train", crop_size=args.crop_size,
                                     resize_size=args.resize_size, num_classes=args.num_classes)
     return out

@@ -20,7 +20,6 @@ from conftest import REPO_ROOT
 from engine.checkpoint import load_checkpoint
 from engine.data import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, IN_MEMORY, SEMI_SUPERVISED, DatasetSpec, register,
                          torch_transforms)
-from engine.experiment import store_name
 from imagenet_inat.datasets import LT_DATASETS, reference_split_file
 from imbalance_cifar import (ChecksumWarning, ImbalanceCIFAR10, ImbalanceCIFAR100,
                              SemiSupervisedImbalanceCIFAR10, check_imb_factor,
@@ -541,7 +540,7 @@ def test_imb_type_choices_and_none_is_balanced(tiny_cifar10, tmp_path, capsys):
     assert "--imb_type: invalid choice: 'expo'" in capsys.readouterr().err
     assert DATASETS["cifar10"].build("train", data_path=tiny_cifar10, imb_type="none").get_cls_num_list() == [4] * 10
     args = train.build_parser().parse_args(["--imb_type", "none"])
-    assert store_name(args) == "cifar10_resnet32_CE_None_none_0.01_ss_pretrained"  # the run name keeps the value
+    assert train.RUN.run_name(vars(args)) == "cifar10_resnet32_CE_None_none_0.01_ss_pretrained"  # the run name keeps the value
 
 
 def test_one_pseudo_label_resolver_prefers_npz(ti_root, tmp_path):
@@ -613,8 +612,8 @@ def test_places_lt_is_one_registration(registered, tmp_path):
         "--dataset"].choices
     assert reference_split_file("Places_LT", "test") == os.path.join("imagenet_inat", "data", "Places_LT",
                                                                      "Places_LT_test.txt")
-    args = pretrain_rot.fill_defaults(pretrain_rot.build_parser().parse_args(["--dataset", "places"]))
-    assert (args.arch, args.loader, args.eval_batch_size) == ("resnet152", "torch", 256)
+    values = pretrain_rot.source_defaults(vars(pretrain_rot.build_parser().parse_args(["--dataset", "places"])))
+    assert (values["arch"], values["loader"], values["eval_batch_size"]) == ("resnet152", "torch", 256)
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.jpg")
     (tmp_path / "val.txt").write_text("a.jpg 364\n")
     data = spec.build("val", data_path=str(tmp_path), list_file=str(tmp_path / "val.txt"), crop_size=24,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import train
 from engine import config
 from engine.data import DATASETS
-from engine.experiment import run_classification, store_name
+from engine.experiment import run_classification
 from engine.methods import Classification
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,13 +40,13 @@ def test_a_two_view_method_trains_one_epoch_through_the_runner(cifar10_root, tmp
     spec = DATASETS[args.dataset]
     data = config.dataset_kwargs(args)
     train_set = spec.build("train", **data)
-    summary = run_classification(config.classifier_run(args, store_name(args)), spec, train_set,
+    summary = run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec, train_set,
                                  spec.build("test", **data), TwoViewAgreement)
     assert TwoViewAgreement.seen_shapes[0] == (64, 2, 3, 32, 32)  # (B, views, C, H, W) from the device loader
     assert sum(s[0] for s in TwoViewAgreement.seen_shapes) == len(train_set)
-    record = json.loads(open(os.path.join(tmp_path, "log", store_name(args), "metrics.jsonl")).readline())
+    record = json.loads(open(os.path.join(tmp_path, "log", train.RUN.run_name(vars(args)), "metrics.jsonl")).readline())
     assert 0.0 <= record["train_agree"] <= 100.0 and "train_top1" in record and record["train_loss"] > 0
-    assert summary["epochs"] == 1 and os.path.isfile(os.path.join(tmp_path, "ckpt", store_name(args), "ckpt.pth.tar"))
+    assert summary["epochs"] == 1 and os.path.isfile(os.path.join(tmp_path, "ckpt", train.RUN.run_name(vars(args)), "ckpt.pth.tar"))
 
 
 def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tmp_path):
@@ -57,5 +57,5 @@ def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tm
     spec = DATASETS[args.dataset]
     with pytest.raises(ValueError, match="needs 2 views"):
         data = config.dataset_kwargs(args)
-        run_classification(config.classifier_run(args, store_name(args)), spec, spec.build("train", **data),
+        run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec, spec.build("train", **data),
                            spec.build("test", **data), TwoViewAgreement)

@@ -13,10 +13,14 @@ import yaml
 
 import reproduce
 from engine import tables
+from engine.tables import plan as tables_plan
+from engine.tables import report as tables_report
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE_SPECS = sorted((REPO / "configs" / "tables").glob("*.yaml"))
 CONFIG_SCRIPTS = {"ldam_drw": "train.py", "lade": "train.py", "logit_adjustment": "train.py"}
+SCRIPTS = ["train.py", "train_semi.py", "pretrain_rot.py", "gen_pseudolabels.py", "pretrain_moco.py",
+           "imagenet_inat/main.py"]
 
 
 def dry_run(capsys, *argv):
@@ -71,8 +75,7 @@ def shipped_configs():
                          ids=[f"{f}/{p.name}" for f, p in shipped_configs()])
 def test_every_shipped_config_loads(folder, path):
     """A folder mapped to a script loads with that script's parser; any other with at least one present script."""
-    scripts = [CONFIG_SCRIPTS[folder]] if folder in CONFIG_SCRIPTS else \
-        [s for s in tables.SCRIPTS if tables.script_parser(s) is not None]
+    scripts = [CONFIG_SCRIPTS[folder]] if folder in CONFIG_SCRIPTS else SCRIPTS
     errors = []
     for script in scripts:
         try:
@@ -149,16 +152,18 @@ def test_ssp_pipeline_order_paths_and_shared_pretraining():
 
 
 def test_flag_dependent_defaults_reach_the_run_names():
-    # pretrain_rot.py's -a default depends on --dataset (fill_defaults): without `arch` in the spec, the
+    # pretrain_rot.py's -a default depends on --dataset (its RUN.resolve): without `arch` in the spec, the
     # planned checkpoint path must still be the one the script writes (resnet32 for CIFAR).
     table = tables.load_table("ssp_cifar")
     plan = tables.expand(dataclasses.replace(table, defaults={}), [0], out="out")
     pretrain = next(job for job in plan.jobs if job.script == "pretrain_rot.py")
     assert "_resnet32_CE_None_exp_" in pretrain.outputs["checkpoint"]
     # and so do flag-dependent run names: image-list data sets have no long-tail fields
-    argv = ["--dataset", "imagenet", "--list_file", __file__, "--val_list_file", __file__]
-    values = tables._values("pretrain_rot.py", None, argv, {}, tables.script_parser("pretrain_rot.py"), "here", ())
-    outputs = tables._outputs("pretrain_rot.py", "run", values, "here")
+    argv = ["--dataset", "imagenet", "--list_file", __file__, "--val_list_file", __file__,
+            "--root_model", os.path.join("run", "ckpt")]
+    script = tables.load_script("pretrain_rot.py", "here")
+    values = tables_plan._values(script, script.build_parser(), argv, "here", ())
+    outputs = script.run.output_paths(values)
     assert outputs["checkpoint"] == os.path.join("run", "ckpt", "imagenet_resnet50_CE_None_pretrain_rot", "ckpt.pth.tar")
 
 
@@ -173,7 +178,7 @@ def test_semi_pipeline_order_paths_and_sharing():
     assert flag(pseudo.argv, "--resume") == base.outputs["checkpoint"]
     assert base.outputs["checkpoint"].endswith(os.path.join("cifar10_resnet32_CE_None_exp_0.02_semi_cifar10_svhn_s0",
                                                             "ckpt.pth.tar"))
-    assert flag(pseudo.argv, "--data_dir") == "/data" and "--data_path" not in pseudo.argv
+    assert flag(pseudo.argv, "--data_path") == "/data" and "--data_dir" not in pseudo.argv  # the one data flag
     assert flag(pseudo.argv, "--dataset") == "cifar10" and flag(pseudo.argv, "--loss_type") == "CE"
     assert flag(semi.argv, "--pseudo_label_file") == pseudo.outputs["file"] == os.path.join(pseudo.dir,
                                                                                            "pseudo_labels.npz")
@@ -244,10 +249,10 @@ def test_interrupted_run_resumes_and_stale_run_is_refused(tmp_path):
 
 
 def test_mean_and_sample_std():
-    mean, std = tables._mean_std([1.0, 2.0, 4.0])
+    mean, std = tables_report._mean_std([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3)
     assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
-    assert tables._mean_std([5.0]) == (5.0, None)
+    assert tables_report._mean_std([5.0]) == (5.0, None)
     assert tables.METRICS["error"].from_top1(77.5) == 22.5 and tables.METRICS["accuracy"].from_top1(77.5) == 77.5
 
 
@@ -311,29 +316,26 @@ def test_failed_stage_is_reported_and_blocks_its_pipeline(cifar10_root, tmp_path
     assert os.path.isfile(os.path.join(result.failed[0].dir, "output.log"))
 
 
-def test_run_name_fields_match_the_scripts():
-    import argparse
-
+def test_run_names_are_the_scripts_own_declarations():
+    """reproduce.py plans with the very RUN declaration each script names its own runs with."""
+    import pretrain_rot
+    import train
     import train_semi
-    from engine.experiment import store_name
-    args = argparse.Namespace(**{f: f.upper() for f in tables.TRAIN_FIELDS})
-    assert store_name(args) == "_".join(f.upper() for f in tables.TRAIN_FIELDS)  # train.py, pretrain_rot.py
-    assert tables.SCRIPTS["train_semi.py"].store_fields == train_semi.STORE_FIELDS
+    fields = ("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "exp_str")
+    values = {f: f.upper() for f in (*fields, "imb_factor_unlabel")}
+    assert train.RUN.run_name(values) == "_".join(f.upper() for f in fields)
+    assert train_semi.RUN.run_name(values) == "DATASET_ARCH_LOSS_TYPE_TRAIN_RULE_IMB_TYPE_IMB_FACTOR_" \
+                                              "IMB_FACTOR_UNLABEL_EXP_STR"
+    assert pretrain_rot.RUN.run_name(dict(values, dataset="cifar10")) == "cifar10_" + "_".join(
+        f.upper() for f in fields[1:])
+    for script, module in (("train.py", train), ("train_semi.py", train_semi), ("pretrain_rot.py", pretrain_rot)):
+        assert tables.load_script(script, "here").run is module.RUN
 
 
-def test_pipeline_expands_without_the_scripts_parser(monkeypatch):
-    """A script missing from the checkout: its commands come from the spec alone (flags as written, the
-    run name from the fields the spec sets and the ones the script fixes) and are reported as unvalidated."""
-    real = tables.script_parser
-    monkeypatch.setattr(tables, "script_parser", lambda s: None if s == "pretrain_rot.py" else real(s))
-    plan = tables.expand(tables.load_table("ssp_cifar"), [0], out="out")
-    assert plan.unvalidated == ["pretrain_rot.py"]
-    final = plan.cells[("CE_SSP", "cifar100_exp10")][0]
-    pretrain = final.deps[0]
-    assert pretrain.outputs["checkpoint"].endswith(
-        os.path.join("cifar100_resnet32_CE_None_exp_0.1_pretrain_rot", "ckpt.pth.tar"))
-    assert flag(final.argv, "--pretrained_model") == pretrain.outputs["checkpoint"]
-    assert "--imb_factor" in pretrain.argv and "--exp_str" not in pretrain.argv
+def test_a_script_without_a_declaration_is_refused(tmp_path):
+    spec = write_spec(tmp_path, "undeclared", rows=[dict(BASE_ROW, script="reproduce.py")])
+    with pytest.raises(tables.TableError, match=r"undeclared\.yaml.*reproduce\.py does not declare RUN"):
+        tables.load_table(spec)
 
 
 def test_on_off_switches_become_flag_or_no_flag():
@@ -341,5 +343,59 @@ def test_on_off_switches_become_flag_or_no_flag():
 
     parser = argparse.ArgumentParser()
     action = parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
-    assert tables._tokens("download", False, action, "spec") == ["--no-download"]
-    assert tables._tokens("download", True, action, "spec") == ["--download"]
+    assert tables_plan._tokens("download", False, action, "spec") == ["--no-download"]
+    assert tables_plan._tokens("download", True, action, "spec") == ["--download"]
+
+
+# ------------------------------------------------------------------- every script: MoCo, imagenet_inat
+
+def test_moco_then_train_runs_from_the_scripts_declarations(tiny_cifar10, tmp_path):
+    """pretrain_moco.py -> train.py: the MoCo checkpoint path comes from pretrain_moco.py's RUN
+    ({root_path}/{dataset}/checkpoint/moco_ckpt_{epochs:04d}.pth.tar), and train.py starts from it."""
+    spec = write_spec(tmp_path, "moco", seeds=[0],
+                      defaults={"arch": "resnet20", "epochs": 1, "imb_type": "none", "batch_size": 20,
+                                "pretrain_moco.py": {"moco-k": 80, "moco-dim": 16, "workers": 0},
+                                "train.py": {"eval_batch_size": 40}},
+                      columns=[{"key": "c10", "label": "CIFAR-10", "overrides": {"dataset": "cifar10"}}],
+                      rows=[{"key": "MoCo_CE", "label": "MoCo + CE", "stages": [
+                          {"name": "moco", "script": "pretrain_moco.py"},
+                          {"name": "train", "script": "train.py",
+                           "overrides": {"pretrained_model": "{moco.checkpoint}"}}]}])
+    out = tmp_path / "results"
+    plan = tables.expand(tables.load_table(spec), [0], out=str(out), data_path=tiny_cifar10, device="cpu")
+    moco, train = plan.jobs
+    assert train.deps == [moco] and plan.cells[("MoCo_CE", "c10")][0] is train
+    assert moco.outputs["checkpoint"] == os.path.join(moco.dir, "ckpt", "cifar10", "checkpoint",
+                                                      "moco_ckpt_0001.pth.tar")
+    assert moco.marker == os.path.join(moco.dir, "log", "cifar10_resnet20_none_0.01_moco_s0", "final.json")
+    assert flag(moco.argv, "--root_path") == os.path.join(moco.dir, "ckpt") and "--root_model" not in moco.argv
+    assert flag(moco.argv, "--data_path") == tiny_cifar10 and flag(moco.argv, "--rand_number") == "0"
+    assert flag(train.argv, "--pretrained_model") == moco.outputs["checkpoint"]
+
+    result = reproduce.main([spec, "--data_path", tiny_cifar10, "--out", str(out), "--device", "cpu"])
+    assert result.executed == 2 and not result.failed and not result.blocked
+    assert os.path.isfile(moco.outputs["checkpoint"]) and train.finished()
+    assert "self-supervised init from " + moco.outputs["checkpoint"] in (Path(train.dir) / "output.log").read_text()
+
+
+def test_imagenet_inat_stages_expand_as_python_m(tmp_path):
+    """python -m imagenet_inat.main stages: --cfg configs, --log_dir in the run's folder, the stage-1 folder as
+    the cRT init, no --rand_number or --exp_str (imagenet_inat/main.py's RUN)."""
+    synthetic = "imagenet_inat/config/synthetic"
+    spec = write_spec(tmp_path, "inat", seeds=[3], defaults={},
+                      columns=[{"key": "syn", "label": "synthetic ImageNet-LT"}],
+                      rows=[{"key": "cRT", "label": "cRT", "stages": [
+                          {"name": "feature", "script": "imagenet_inat/main.py",
+                           "config": f"{synthetic}/feat_uniform.yaml"},
+                          {"name": "crt", "script": "imagenet_inat/main.py", "config": f"{synthetic}/cls_crt.yaml",
+                           "overrides": {"init": "{feature.log_dir}"}}]}])
+    plan = tables.expand(tables.load_table(spec), [3], out="out", data_path="/images", epochs=2)
+    feature, crt = plan.jobs
+    config = os.path.relpath(REPO / synthetic / "feat_uniform.yaml")
+    assert feature.command() == ["python", "-m", "imagenet_inat.main", "--cfg", config, "--epochs", "2", "--seed",
+                                 "3", "--log_dir", os.path.join(feature.dir, "log"), "--data_path", "/images"]
+    assert crt.deps == [feature] and flag(crt.argv, "--init") == feature.outputs["log_dir"]
+    assert feature.outputs["log_dir"] == os.path.join("out", "runs", "inat_epochs2", "syn", "cRT", "seed3",
+                                                      "feature", "log")
+    assert crt.outputs["checkpoint"] == os.path.join(crt.dir, "log", "ckpt.pth.tar")
+    assert crt.marker == os.path.join(crt.dir, "log", "final.json") and crt.epochs == 2

@@ -17,7 +17,6 @@ from engine import pseudolabel, safe_pickle
 from engine.data import DATASETS
 from engine.pseudolabel_files import write_pseudo_labels
 from engine.checkpoint import load_checkpoint
-from engine.experiment import store_name
 from imbalance_cifar import SemiSupervisedImbalanceCIFAR10, get_img_num_per_cls
 from imbalance_svhn import SVHN_CLASS_ORDER, SemiSupervisedImbalanceSVHN
 
@@ -312,7 +311,7 @@ def parse_config(name):
 
 
 def checkpoint_of(script, args):
-    name = store_name(args, train_semi.STORE_FIELDS) if script is train_semi else store_name(args)
+    name = script.RUN.run_name(vars(args))
     return os.path.join(args.root_model, name, "ckpt.pth.tar")
 
 

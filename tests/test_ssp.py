@@ -18,7 +18,6 @@ from engine import config
 from engine.augment import rotate_batch
 from engine.checkpoint import load_checkpoint, load_pretrained_backbone
 from engine.data import DATASETS, make_loader
-from engine.experiment import store_name
 from engine.metrics import evaluate
 from engine.methods import RotationPrediction, rotation_labels
 
@@ -111,7 +110,7 @@ def test_parser_defaults_and_store_name():
         ("resnet32", None, "pretrain_rot", 200, 128, 0.1, 2e-4, 0.9)
     assert (a.loss_type, a.train_rule, a.lr_schedule, a.milestones, a.warmup_epochs) == \
         ("CE", "None", "step", [160, 180], 5)
-    assert store_name(a) == "cifar10_resnet32_CE_None_exp_0.01_pretrain_rot"
+    assert pretrain_rot.RUN.run_name(vars(a)) == "cifar10_resnet32_CE_None_exp_0.01_pretrain_rot"
     assert "resnet50" in parser.format_help() and "issue #22" in parser.format_help()
 
 
@@ -165,7 +164,7 @@ def test_ssp_configs_load_and_point_at_their_pretraining_run(tmp_path, monkeypat
         a = config.parse(pretrain_rot.build_parser(), ["--config", path])
         assert (a.arch, a.loss_type, a.train_rule, a.epochs, a.batch_size, a.lr) == \
             ("resnet32", "CE", "None", 200, 128, 0.1)
-        checkpoints[(a.dataset, a.imb_factor)] = os.path.join(a.root_model, store_name(a), "ckpt.pth.tar")
+        checkpoints[(a.dataset, a.imb_factor)] = os.path.join(a.root_model, pretrain_rot.RUN.run_name(vars(a)), "ckpt.pth.tar")
     assert set(checkpoints) == {(d, f) for d in ("cifar10", "cifar100") for f in (0.01, 0.02, 0.1)}
     for ckpt in checkpoints.values():
         os.makedirs(os.path.dirname(ckpt))

@@ -1,0 +1,167 @@
+"""Reporting a plan: our mean ± sample std over seeds next to the papers' numbers, as Markdown and CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+
+from engine.checkpoint import atomic_write
+from engine.tables.plan import Plan
+from engine.tables.runner import RunResult
+from engine.tables.spec import METRICS, TAGS, PaperValue
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof = 1) over seeds; std is None for a single seed."""
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def read_final(path: str, metric: str) -> dict[str, float]:
+    """Our numbers of one finished run in the table's metric: {'last': ..., 'best': ...}."""
+    with open(path) as f:
+        final = json.load(f)
+    convert = METRICS[metric].from_top1
+    return {which: convert(float(final[which]["top1"])) for which in ("last", "best")}
+
+
+def collect(plan: Plan) -> list[dict]:
+    """One record per cell: mean/std over the finished seeds of last and best epochs, the paper's number and
+    the difference ours - paper (ours = the table's ``compare``: best or last epoch, mean over seeds)."""
+    records = []
+    for row in plan.table.rows:
+        for column in plan.table.columns:
+            runs = plan.cells[(row.key, column.key)]
+            results = {seed: read_final(job.marker, plan.table.metric) for seed, job in runs.items()
+                       if job.finished()}
+            last = _mean_std([r["last"] for r in results.values()])
+            best = _mean_std([r["best"] for r in results.values()])
+            paper = row.paper.get(column.key)
+            ours = (best if plan.table.compare == "best" else last)[0]
+            records.append({
+                "row": row.key, "row_label": row.label, "column": column.key, "column_label": column.label,
+                "seeds": sorted(results), "missing_seeds": sorted(set(runs) - set(results)),
+                "last_mean": last[0], "last_std": last[1], "best_mean": best[0], "best_std": best[1],
+                "paper": paper,
+                "diff": (ours - paper.value) if paper and ours is not None else None,
+            })
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+DASH = "—"
+
+
+def _num(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}"
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return DASH if mean is None else f"{mean:.2f} ± {_num(std)}"
+
+
+def _paper_text(paper: PaperValue | None) -> str:
+    return DASH if paper is None else f"{paper.value:.2f} [{paper.tag}]"
+
+
+def _signed(value: float | None) -> str:
+    return DASH if value is None else f"{value:+.2f}"
+
+
+def report_markdown(plan: Plan, records: list[dict], result: RunResult | None = None) -> str:
+    table, metric = plan.table, METRICS[plan.table.metric]
+    finished = sum(job.finished() for job in plan.jobs)
+    epochs = ", ".join(map(str, sorted({job.epochs for cell in plan.cells.values() for job in cell.values()
+                                        if job.epochs is not None}))) or DASH
+    if plan.epochs is not None:
+        epochs += " (set by --epochs: NOT the papers' schedule)"
+    better = "lower" if metric.lower_is_better else "higher"
+    compare = table.compare
+    lines = [f"# {table.title}", "",
+             f"Metric: {metric.description}, on the full test split; {better} is better.", "",
+             "| | |", "|---|---|",
+             f"| table spec | `{os.path.relpath(table.path)}` |",
+             f"| long-tailed subset seed (`--rand_number`) | {table.rand_number} |",
+             f"| training seeds (`--seed`) | {', '.join(map(str, plan.seeds))} |",
+             f"| data (`--data_path`) | `{plan.data_path}` |",
+             f"| epochs | {epochs} |",
+             f"| runs | {finished} of {len(plan.jobs)} finished, under `{os.path.join(plan.out, 'runs', plan.stem)}` |",
+             ""]
+    if result is not None and result.failed:
+        lines += [f"**{len(result.failed)} run(s) failed** (see each run's `output.log`): "
+                  + "; ".join(job.label for job in result.failed), ""]
+    lines += ["Ours: mean ± sample standard deviation (ddof = 1) over the training seeds that finished "
+              f"({DASH} for a single seed). *last* = the final epoch; *best* = the epoch with the highest test "
+              f"top-1, i.e. selected on the test set as the papers do. Δ = ours ({compare}) − paper, in the "
+              f"metric's units ({'negative' if metric.lower_is_better else 'positive'} = ours better). Paper tags "
+              "(SPEC section 7): " + "; ".join(f"[{t}] {d}" for t, d in TAGS.items()) + ".", "",
+              f"| method | setting | ours: last | ours: best | seeds | paper | source | Δ ({compare} − paper) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        paper = r["paper"]
+        source = DASH if paper is None else paper.source + (f" ({paper.note})" if paper.note else "")
+        lines.append(f"| {r['row_label']} | {r['column_label']} | {_pm(r['last_mean'], r['last_std'])} | "
+                     f"{_pm(r['best_mean'], r['best_std'])} | {len(r['seeds'])} | {_paper_text(paper)} | {source} | "
+                     f"{_signed(r['diff'])} |")
+    by_cell = {(r["row"], r["column"]): r for r in records}
+    lines += ["", f"## Grid: ours ({compare}, mean over seeds) / paper", "",
+              "| method | " + " | ".join(c.label for c in table.columns) + " |",
+              "|---|" + "---|" * len(table.columns)]
+    for row in table.rows:
+        cells = [by_cell[(row.key, c.key)] for c in table.columns]
+        lines.append(f"| {row.label} | " + " | ".join(
+            f"{_num(r[compare + '_mean'])} / {_num(r['paper'].value if r['paper'] else None)}" for r in cells)
+            + " |")
+    incomplete = [r for r in records if r["missing_seeds"]]
+    if incomplete:
+        lines += ["", "## Not finished", ""] + [
+            f"* {r['row_label']}, {r['column_label']}: seed(s) {', '.join(map(str, r['missing_seeds']))}"
+            for r in incomplete]
+    lines += ["", "## Sources", ""] + [f"* {key}: {text}" for key, text in table.sources.items()]
+    if table.notes:
+        lines += ["", "## Notes", ""] + [f"* {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ["table", "row", "row_label", "column", "column_label", "metric", "n_seeds", "seeds",
+              "last_mean", "last_std", "best_mean", "best_std", "paper", "paper_tag", "paper_source",
+              "compared", "diff_ours_minus_paper", "rand_number", "data_path", "epochs"]
+
+
+def _csv_num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def report_rows(plan: Plan, records: list[dict]) -> list[dict]:
+    """The CSV rows: numbers with 4 decimals; empty where there is none (std of a single seed, no paper)."""
+    rows = []
+    for r in records:
+        paper = r["paper"]
+        rows.append({
+            "table": plan.table.name, "row": r["row"], "row_label": r["row_label"], "column": r["column"],
+            "column_label": r["column_label"], "metric": plan.table.metric, "n_seeds": len(r["seeds"]),
+            "seeds": " ".join(map(str, r["seeds"])),
+            **{k: _csv_num(r[k]) for k in ("last_mean", "last_std", "best_mean", "best_std")},
+            "compared": plan.table.compare, "diff_ours_minus_paper": _csv_num(r["diff"]),
+            "paper": "" if paper is None else f"{paper.value:g}", "paper_tag": "" if paper is None else paper.tag,
+            "paper_source": "" if paper is None else paper.source, "rand_number": plan.table.rand_number,
+            "data_path": plan.data_path, "epochs": "" if plan.epochs is None else plan.epochs})
+    return rows
+
+
+def write_report(plan: Plan, result: RunResult | None = None) -> tuple[str, str]:
+    """Write ``{out}/{stem}.md`` and ``{out}/{stem}.csv``; returns their paths."""
+    records = collect(plan)
+    os.makedirs(plan.out, exist_ok=True)
+    md_path, csv_path = os.path.join(plan.out, f"{plan.stem}.md"), os.path.join(plan.out, f"{plan.stem}.csv")
+    atomic_write(md_path, lambda f: f.write(report_markdown(plan, records, result).encode()))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(report_rows(plan, records))
+    atomic_write(csv_path, lambda f: f.write(table.getvalue().encode()))
+    return md_path, csv_path
