@@ -152,19 +152,27 @@ def schedule_from_args(args: argparse.Namespace) -> LRSchedule:
     return LRSchedule(args.lr_schedule, args.lr, args.epochs, **registry.kwargs_from(LRSchedule, vars(args)))
 
 
-def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
-    g = p.add_argument_group("run")
-    g.add_argument("--config", default=None, help="YAML file of flag values (command-line flags win)")
-    g.add_argument("--exp_str", default=exp_str, help="suffix of the run name")
+def add_process_args(g, gpu: int | None = 0, print_freq: int = 10, workers: int = 4,
+                     config_flags: Sequence[str] = ("--config",), config_required: bool = False) -> None:
+    """The run flags every script has: the config file, the device, workers, progress period, resume and seed."""
+    g.add_argument(*config_flags, dest="config", default=None, required=config_required,
+                   help="YAML file of flag values (command-line flags win)")
     g.add_argument("--gpu", default=gpu, type=int, help="CUDA device index")
     g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: cuda if present)")
-    g.add_argument("-j", "--workers", default=4, type=int, metavar="N",
+    g.add_argument("-j", "--workers", default=workers, type=int, metavar="N",
                    help="data loading workers (--loader torch only)")
     g.add_argument("-p", "--print-freq", default=print_freq, type=int, metavar="N",
                    help="progress-bar refresh period in steps")
     g.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume or evaluate")
-    g.add_argument("-e", "--evaluate", action="store_true", help="evaluate the --resume checkpoint and exit")
     g.add_argument("--seed", default=None, type=int, help="training seed (model init, batch order, augmentation)")
+
+
+def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
+    """``add_process_args`` plus the upstream CIFAR scripts' outputs: --exp_str, -e, --root_log, --root_model."""
+    g = p.add_argument_group("run")
+    add_process_args(g, gpu, print_freq)
+    g.add_argument("--exp_str", default=exp_str, help="suffix of the run name")
+    g.add_argument("-e", "--evaluate", action="store_true", help="evaluate the --resume checkpoint and exit")
     g.add_argument("--root_log", type=str, default="log")
     g.add_argument("--root_model", type=str, default="./checkpoint")
 
@@ -312,10 +320,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
     return args
 
 
-def validate_common(args: argparse.Namespace) -> None:
-    """Checks shared by the training scripts; every message names the flag and the fix."""
-    if hasattr(args, "imb_factor"):
-        check_imb_factor(args.imb_factor)
+def validate_run(args: argparse.Namespace) -> None:
+    """Checks of the flags every training script has (``add_optim_args``, ``add_process_args``)."""
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
@@ -323,14 +329,21 @@ def validate_common(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.start_epoch <= args.epochs:
         raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    schedule_from_args(args)
+
+
+def validate_common(args: argparse.Namespace) -> None:
+    """Checks shared by the CIFAR-size training scripts; every message names the flag and the fix."""
+    if hasattr(args, "imb_factor"):
+        check_imb_factor(args.imb_factor)
+    validate_run(args)
     if args.evaluate and not args.resume:
         raise ValueError("-e/--evaluate needs --resume CHECKPOINT to evaluate")
     for flag, path in (("--resume", args.resume), ("--pretrained_model", getattr(args, "pretrained_model", ""))):
         if path and not os.path.isfile(path):
             raise ValueError(f"{flag}: no file {path!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    schedule_from_args(args)
     if hasattr(args, "posthoc"):
         validate_eval(args)
 

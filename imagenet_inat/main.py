@@ -91,22 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(loader="torch", eval_batch_size=256)
 
     g = p.add_argument_group("run")
-    g.add_argument("--cfg", dest="config", required=True, help="YAML config (keys: the flag names)")
+    config.add_process_args(g, gpu=0, print_freq=50, workers=8, config_flags=("--cfg", "--config"),
+                            config_required=True)
     g.add_argument("--test", action="store_true", help="evaluate a checkpoint (--model_dir, else log_dir's best)")
     g.add_argument("--model_dir", default=None,
                    help="training: replaces init; --test: the checkpoint file or run folder to evaluate")
     g.add_argument("--log_dir", default="./log/imagenet_inat", help="this stage's logs and checkpoints")
-    g.add_argument("--resume", default="", help="continue the interrupted run of this checkpoint (ckpt.pth.tar)")
     g.add_argument("--output_logits", nargs="?", const=True, default=False, type=config.boolean,
                    help="also save logits_{split}.npz of the final split (also --output_logits True/False)")
     g.add_argument("--save_feat", default="", choices=["", *FEATURE_SPLITS],
                    help="with --test: instead of evaluating, save the head's input features of this split (train_plain: "
                         "the training images with the evaluation transform) to {log_dir}/{split}feat_all.npz")
-    g.add_argument("--seed", type=int, default=None, help="training seed (init, sampling, augmentation)")
-    g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if present")
-    g.add_argument("--gpu", type=int, default=0, help="CUDA device index (single process)")
-    g.add_argument("-j", "--workers", type=int, default=8, help="data-loading worker processes per process")
-    g.add_argument("-p", "--print-freq", type=int, default=50, help="progress-bar refresh period in steps")
     return p
 
 
@@ -153,21 +148,16 @@ def resolve_splits(args: argparse.Namespace) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     stage = STAGES[args.stage]
-    for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--lr", args.lr),
-                        ("--eval_batch_size", args.eval_batch_size), ("--crop_size", args.crop_size),
+    config.validate_run(args)
+    for flag, value in (("--eval_batch_size", args.eval_batch_size), ("--crop_size", args.crop_size),
                         ("--samples_per_class", args.samples_per_class)):
         if value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
     if args.resize_size < args.crop_size:
         raise ValueError(f"--resize_size ({args.resize_size}) must be >= --crop_size ({args.crop_size})")
-    if not 0 <= args.start_epoch <= args.epochs:
-        raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
-    config.schedule_from_args(args)
     if args.loader != "torch":
         raise ValueError("--loader must be torch here: images are decoded by DataLoader workers "
                          "(--loader device holds CIFAR-size arrays on the device)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     if args.freeze_bn and args.stage != "crt":
         raise ValueError(f"freeze_bn applies to stage crt (the frozen backbone), not stage {args.stage}")
     if args.stage == "tau_norm" and uses_normed_head(args.loss_type):
