@@ -35,7 +35,9 @@ from engine.checkpoint import load_checkpoint, load_model_weights
 from engine.loaders import DeviceLoader
 from engine.metrics import collect_logits, evaluate
 from engine.runlog import RunLog
-from engine.trainer import ClassificationStep, Trainer
+from engine import config
+from engine.methods import Classification
+from engine.trainer import LoopConfig, Trainer
 from models.resnet_cifar import NormedLinear
 
 pytestmark = [pytest.mark.cuda,
@@ -109,11 +111,17 @@ def trainer_args(**overrides):
 def make_trainer(folder, model, loader, args, counts, loss_type="CE", rule="None", compile_mode=None,
                  ckpt_dir=None, meta=None):
     """The Trainer that train.py builds (loss, rule, SGD), on ``model`` (already on CUDA) and ``loader``."""
-    criterion = losses.build_loss(loss_type, counts, args).to(CUDA)
-    step = ClassificationStep(model, criterion, losses.build_train_rule(rule, counts, args), compile_mode=compile_mode)
+    hparams = config.registry_kwargs(losses.LOSSES, loss_type, args)
+    criterion = losses.build_loss(loss_type, counts, **hparams).to(CUDA)
+    method = Classification(model, criterion, rule_of(rule, counts, args), amp=args.amp, compile_mode=compile_mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return Trainer(model, optimizer, loader, step, args, RunLog(str(folder), None, tensorboard=False), ckpt_dir,
-                   meta or {})
+    return Trainer(method, optimizer, loader, config.schedule_from_args(args),
+                   LoopConfig(args.epochs, 0, args.print_freq), RunLog(str(folder), None, tensorboard=False),
+                   ckpt_dir, meta or {})
+
+
+def rule_of(rule, counts, args):
+    return losses.build_train_rule(rule, counts, **config.registry_kwargs(losses.TRAIN_RULES, rule, args))
 
 
 # -- (a) the device loader ------------------------------------------------------------------------------------
@@ -123,7 +131,8 @@ def test_device_loader_batches_equal_the_cpu_crop_of_the_epoch_plan(channels_las
     images, labels = random_images(50, 32), np.arange(50) % 10
     loader = cuda_loader(images, labels, seed=11, channels_last=channels_last)
     loader.set_epoch(3)
-    plan = loader._epoch_plan()
+    order, [(offsets, flips)] = loader._epoch_plan()
+    plan = order, offsets, flips
     order, offsets, flips = (t.cpu() for t in plan)
     padded = F.pad(torch.from_numpy(images).permute(0, 3, 1, 2), (4,) * 4)
     crops = augment.crop_flip(padded, order, offsets, flips, 32)
@@ -144,7 +153,7 @@ def test_device_loader_orders_are_permutations_and_crops_and_flips_follow_their_
     offsets, flips, orders = [], [], []
     for epoch in range(3):
         loader.set_epoch(epoch)
-        order, off, flip = loader._epoch_plan()
+        order, [(off, flip)] = loader._epoch_plan()
         assert order.device.type == CUDA.type
         assert torch.equal(torch.sort(order).values, torch.arange(n, device=CUDA))
         orders.append(order.cpu())
@@ -164,7 +173,7 @@ def test_device_loader_orders_are_permutations_and_crops_and_flips_follow_their_
 def test_device_loader_class_balanced_draws_follow_their_weights():
     counts = [400, 150, 50, 20, 8]
     labels = np.repeat(np.arange(5), counts)
-    weights = losses.build_train_rule("Resample", counts, losses.default_loss_args()).sample_weights(labels)
+    weights = losses.build_train_rule("Resample", counts).sample_weights(labels)
     loader = cuda_loader(np.zeros((len(labels), 2, 2, 3), np.uint8), labels, sample_weights=weights, seed=2,
                          batch_size=100)
     per_class = torch.zeros(5, dtype=torch.float64)
@@ -204,13 +213,13 @@ def test_device_loader_redraws_an_epoch_from_seed_and_epoch_alone(weighted):
 
 # -- (b) the compiled step ------------------------------------------------------------------------------------
 
-def step_once(step, x, y):
-    """Forward and backward of ``step``; loss, logits and gradients cloned at once: CUDA-graph outputs are
-    overwritten by the next replay."""
-    params = list(step.model.parameters())
+def step_once(method, x, y):
+    """Forward and backward of ``method``'s (compiled) loss; loss, logits and gradients cloned at once: CUDA-graph
+    outputs are overwritten by the next replay."""
+    params = list(method.model.parameters())
     for p in params:
         p.grad = None
-    loss, logits, _ = step(x, y)
+    loss, logits = method._loss(x, y)
     loss.backward()
     return [loss.detach().clone(), logits.detach().clone(), *(p.grad.clone() for p in params)]
 
@@ -220,8 +229,8 @@ def test_compiled_step_matches_eager_on_cuda(mode, fp32_math):
     counts = [40, 20, 8, 2]
     torch._dynamo.reset()
     counters.clear()
-    eager, compiled = (ClassificationStep(tiny_model().to(CUDA), losses.build_loss("LDAM", counts).to(CUDA),
-                                          compile_mode=m) for m in (None, mode))
+    eager, compiled = (Classification(tiny_model().to(CUDA), losses.build_loss("LDAM", counts).to(CUDA),
+                                      compile_mode=m) for m in (None, mode))
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(n, 3, 8, 8, generator=g).to(CUDA), torch.randint(0, 4, (n,), generator=g).to(CUDA))
                for n in (16, 6, 10)]
@@ -239,8 +248,8 @@ def test_compiled_step_matches_eager_on_cuda(mode, fp32_math):
                 torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
     # static shapes: one graph per batch size, none added by the weight change
     assert counters["stats"]["unique_graphs"] == 3
-    plain = ClassificationStep(copy.deepcopy(eager.model), losses.build_loss("LDAM", counts).to(CUDA))
-    assert not torch.allclose(plain(*batches[0])[0], eager(*batches[0])[0])  # the weights did change the loss
+    plain = Classification(copy.deepcopy(eager.model), losses.build_loss("LDAM", counts).to(CUDA))
+    assert not torch.allclose(plain.forward(*batches[0])[0], eager.forward(*batches[0])[0])  # the weights did change the loss
     if mode == "reduce-overhead":
         assert counters["inductor"]["cudagraph_skips"] == 0, (
             "reduce-overhead fell back to running without CUDA graphs (the log says why: 'skipping cudagraphs')")
@@ -261,7 +270,7 @@ def test_bf16_autocast_training_stays_finite_and_close_to_fp32(channels_last, tm
         start = torch.cat([p.detach().float().flatten() for p in model.parameters()])
         loader = cuda_loader(images, labels, batch_size=64, seed=4, channels_last=channels_last)
         trainer = make_trainer(tmp_path / str(amp), model, loader, trainer_args(amp=amp, epochs=2), counts)
-        assert trainer.amp is amp
+        assert trainer.method.amp is amp
         x, _ = next(iter(loader))
         model.eval()  # the same batch through the same initial weights, running statistics untouched
         with torch.no_grad(), torch.autocast(CUDA.type, dtype=torch.bfloat16, enabled=amp):
@@ -451,7 +460,7 @@ def test_training_steps_do_not_synchronise_with_the_host(compile_mode, loss_type
     model = tiny_model(10, use_norm=loss_type == "LDAM").to(CUDA)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    weights = losses.build_train_rule(rule, counts, args).sample_weights(labels)
+    weights = rule_of(rule, counts, args).sample_weights(labels)
     loader = SyncChecked(cuda_loader(images, labels, batch_size=64, seed=3, sample_weights=weights,
                                      channels_last=fast))
     trainer = make_trainer(tmp_path, model, loader, args, counts, loss_type, rule, compile_mode)
