@@ -127,7 +127,9 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
             logits = logits + logit_adjustment
         sums[1] += topk_correct(logits, y, (5,))[0]
         sums[2] += y.numel()
-        confusion += torch.bincount(y * num_classes + logits.argmax(dim=1), minlength=num_classes * num_classes)
+        # index_add_, not bincount: bincount reads its maximum back to the host (a sync per batch on CUDA)
+        cells = y * num_classes + logits.argmax(dim=1)
+        confusion.index_add_(0, cells, torch.ones_like(cells))
     distributed.all_reduce_sum(confusion)
     distributed.all_reduce_sum(sums)
     loss_sum, top5, count = sums.tolist()
