@@ -1,6 +1,6 @@
 """Pseudo-label an unlabeled pool with a base classifier (Yang & Xu 2020, step 2 of the semi-supervised pipeline;
-SPEC section 1.3). See engine/pseudolabel.py for the prediction, engine/data.py for the pools and
-engine/pseudolabel_files.py for the file formats.
+SPEC section 1.3). See engine/eval/pseudolabel.py for the prediction, engine/data/datasets.py for the pools and
+engine/data/pseudolabel_files.py for the file formats.
 
     python train.py --dataset cifar10 --imb_factor 0.01 --loss_type CE                      # 1. base model on D_L
     python gen_pseudolabels.py --dataset cifar10 \\
@@ -23,13 +23,14 @@ import torch
 
 import losses
 import models
-from engine import config, pseudolabel
-from engine.checkpoint import load_checkpoint, load_model_weights
-from engine.data import DATASETS, SEMI_SUPERVISED
-from engine.datafiles import TINY_IMAGES_FILE
-from engine.experiment import uses_normed_head
-from engine.pseudolabel_files import DEFAULT_EXTENSIONS, check_output, write_pseudo_labels
-from engine.runspec import RunSpec
+from engine import config
+from engine.eval import pseudolabel
+from engine.train.checkpoint import load_checkpoint, load_model_weights
+from engine.data.datasets import DATASETS, SEMI_SUPERVISED
+from engine.data.datafiles import TINY_IMAGES_FILE
+from engine.train.experiment import uses_normed_head
+from engine.data.pseudolabel_files import DEFAULT_EXTENSIONS, check_output, write_pseudo_labels
+from engine.train.runspec import RunSpec
 
 # One output file; reproduce.py writes it into the run's folder as pseudo_labels.npz.
 RUN = RunSpec(outputs={"file": "{output_dir}/{output_filename}"}, marker="file", folders={"output_dir": "{run}"},

@@ -5,22 +5,22 @@ A thin view over the data layer in engine, which builds the same sets for the sc
 * the long-tail profile (Cao et al. 2019, LDAM-DRW: class i keeps n_i = int(img_max * imb_factor**(i/(C-1)))
   training images, imb_factor = 1/ρ, img_max = len(train)/C) and the ``rand_number``-seeded draw of the upstream
   code (numpy's legacy global RNG seeded once, then per class in label order a shuffle keeping the first n_i),
-  so for the same data and seed the subset equals the upstream one: engine/longtail.py;
-* the CIFAR and Tiny Images file readers: engine/datafiles.py; pseudo-label files: engine/pseudolabel_files.py;
-* the data sets ``engine.data.DATASETS["cifar10"]`` / ``["cifar100"]`` (``arrays``, ``semi_parts``).
+  so for the same data and seed the subset equals the upstream one: engine/data/longtail.py;
+* the CIFAR and Tiny Images file readers: engine/data/datafiles.py; pseudo-label files: engine/data/pseudolabel_files.py;
+* the data sets ``engine.data.datasets.DATASETS["cifar10"]`` / ``["cifar100"]`` (``arrays``, ``semi_parts``).
 
 Semi-supervised set (Yang & Xu 2020, "Rethinking the Value of Labels for Improving Class-Imbalanced Learning"):
 the labeled long-tailed set (true labels) followed by unlabeled images drawn per class from a pool (the 80M Tiny
 Images selection, or the CIFAR-10 training images the labeled subset leaves out), trained on with pseudo-labels
 from a base model. The test split is returned whole.
 """
-from engine.data import DATASETS
-from engine.datafiles import (CIFAR10, CIFAR100, TINY_IMAGES_FILE, ChecksumWarning, CifarRelease, load_pickle_dict,
+from engine.data.datasets import DATASETS
+from engine.data.datafiles import (CIFAR10, CIFAR100, TINY_IMAGES_FILE, ChecksumWarning, CifarRelease, load_pickle_dict,
                               read_cifar, require_files, warn_if_not_official)
-from engine.imagesets import ImageArrayDataset, SemiSupervisedImageDataset
-from engine.longtail import (check_imb_factor, get_img_num_per_cls, long_tail_indices, select_per_class,
+from engine.data.imagesets import ImageArrayDataset, SemiSupervisedImageDataset
+from engine.data.longtail import (check_imb_factor, get_img_num_per_cls, long_tail_indices, select_per_class,
                              select_unlabeled, unlabeled_num_per_cls)
-from engine.pseudolabel_files import BELOW_THRESHOLD, MISSING, read_pseudo_labels, resolve_pseudo_label_file
+from engine.data.pseudolabel_files import BELOW_THRESHOLD, MISSING, read_pseudo_labels, resolve_pseudo_label_file
 
 # The names this module has always exported (users and tests import them from here).
 __all__ = ["BELOW_THRESHOLD", "CIFAR10", "CIFAR100", "ChecksumWarning", "CifarRelease", "IMBALANCECIFAR10",

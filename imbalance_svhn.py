@@ -1,14 +1,14 @@
 """Long-tailed SVHN and semi-supervised long-tailed SVHN (SPEC §2.1, §2.2): the upstream classes.
 
-A thin view over ``engine.data.DATASETS["svhn"]`` (the profile and seeded draw of engine/longtail.py, as for
+A thin view over ``engine.data.datasets.DATASETS["svhn"]`` (the profile and seeded draw of engine/data/longtail.py, as for
 CIFAR) with two SVHN specifics: img_max = 1000 (hard-coded upstream), and the profile is applied in the class
 order [1, 2, ..., 9, 0], the original SVHN label order where digit 0 was label 10, so digit 1 is the head and
 digit 0 the tail. Labels are digits: the .mat files' label 10 becomes 0. The unlabeled pool of the
 semi-supervised set is the ``extra`` split, selected by its true labels.
 """
-from engine.data import DATASETS
-from engine.datafiles import SVHN_CLASS_ORDER, SVHN_CLASSES, SVHN_FILES, SVHN_IMG_MAX, read_svhn
-from engine.imagesets import ImageArrayDataset, SemiSupervisedImageDataset
+from engine.data.datasets import DATASETS
+from engine.data.datafiles import SVHN_CLASS_ORDER, SVHN_CLASSES, SVHN_FILES, SVHN_IMG_MAX, read_svhn
+from engine.data.imagesets import ImageArrayDataset, SemiSupervisedImageDataset
 
 # The names this module has always exported (users and tests import them from here).
 __all__ = ["ImbalanceSVHN", "SVHN_CLASSES", "SVHN_CLASS_ORDER", "SVHN_FILES", "SVHN_IMG_MAX",

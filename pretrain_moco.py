@@ -5,7 +5,7 @@
     python pretrain_moco.py --dataset cifar10 --data ./data --imb_factor 0.01 --moco-k 4096
     python train.py --dataset cifar10 --pretrained_model ./data/cifar10/checkpoint/moco_ckpt_0200.pth.tar
 
-Data: any data set of engine.data.DATASETS: ImageNet-LT / iNaturalist 2018 training lists (paths relative to
+Data: any data set of engine.data.datasets.DATASETS: ImageNet-LT / iNaturalist 2018 training lists (paths relative to
 --data; --list_file to override), or the in-memory long-tailed sets, CIFAR-10/100-LT and SVHN-LT
 (--imb_type/--imb_factor/--rand_number). Backbone (-a): the data set's default, resnet50 for imagenet/inat,
 resnet32 for the CIFAR-size sets, unless given. Multi-GPU: launch with torchrun (DDP, NCCL on GPUs, Gloo on CPUs); this
@@ -23,15 +23,16 @@ import os
 import torch
 
 import models
-from engine import config, distributed
-from engine.checkpoint import strip_prefix
-from engine.data import DATASETS, DatasetSpec
-from engine.experiment import Experiment
-from engine.loaders import TorchLoader
+from engine import config
+from engine.train import distributed
+from engine.train.checkpoint import strip_prefix
+from engine.data.datasets import DATASETS, DatasetSpec
+from engine.train.experiment import Experiment
+from engine.data.loaders import TorchLoader
 from engine.methods import MoCoMethod
-from engine.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
-from engine.runspec import RunSpec
-from engine.trainer import LoopConfig
+from engine.methods.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
+from engine.train.runspec import RunSpec
+from engine.train.trainer import LoopConfig
 
 
 def default_list_file(spec: DatasetSpec) -> str | None:

@@ -40,11 +40,11 @@ import torch
 from torch.utils.data import Dataset
 
 from engine import config
-from engine.data import DATASETS, check_loader
-from engine.experiment import run_classification
-from engine.imagesets import ImageArrayDataset
+from engine.data.datasets import DATASETS, check_loader
+from engine.train.experiment import run_classification
+from engine.data.imagesets import ImageArrayDataset
 from engine.methods import ROTATIONS, RotationPrediction
-from engine.runspec import classification_run
+from engine.train.runspec import classification_run
 
 def rotation_train_set(train_set):
     """The training images as a 4-class set. Targets i mod 4 stand for a balanced rotation assignment (the

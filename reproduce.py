@@ -7,7 +7,7 @@
 
 TABLE is a name in configs/tables/ or a spec file (schema: engine/tables/spec.py). Runs go to
 OUT/runs/TABLE/COLUMN/ROW/seedS/STAGE/ (each its own output folders and --exp_str, as each script declares in its
-RUN = engine.runspec.RunSpec(...)); finished runs (final.json or the stage's output file present) are skipped,
+RUN = engine.train.runspec.RunSpec(...)); finished runs (final.json or the stage's output file present) are skipped,
 interrupted ones resume from their checkpoint.
 """
 from __future__ import annotations

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 
 from engine import config
-from engine.data import DATASETS, IN_MEMORY
-from engine.experiment import run_classification
-from engine.runspec import classification_run
+from engine.data.datasets import DATASETS, IN_MEMORY
+from engine.train.experiment import run_classification
+from engine.train.runspec import classification_run
 
 # The upstream run name, e.g. cifar10_resnet32_CE_None_exp_0.01_ss_pretrained (logs, checkpoints, reproduce.py).
 RUN = classification_run(("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor", "exp_str"),

@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 
 from engine import config
-from engine.data import DATASETS, SEMI_SUPERVISED
-from engine.experiment import run_classification
-from engine.longtail import check_imb_factor
-from engine.runspec import classification_run
+from engine.data.datasets import DATASETS, SEMI_SUPERVISED
+from engine.train.experiment import run_classification
+from engine.data.longtail import check_imb_factor
+from engine.train.runspec import classification_run
 
 # train.py's run name with rho_U, e.g. cifar10_resnet32_CE_None_exp_0.01_0.01_semi
 RUN = classification_run(("dataset", "arch", "loss_type", "train_rule", "imb_type", "imb_factor",

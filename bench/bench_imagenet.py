@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
 from engine.config import resolve_device  # noqa: E402
 from engine.methods import Classification  # noqa: E402
-from engine.trainer import LoopConfig, Trainer  # noqa: E402
+from engine.train.trainer import LoopConfig, Trainer  # noqa: E402
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform  # noqa: E402
 from imagenet_inat.main import train_loader  # noqa: E402
 from imagenet_inat.synthetic import class_image  # noqa: E402

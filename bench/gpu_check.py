@@ -553,7 +553,7 @@ STAGE_FUNCTIONS = {"data": stage_data, "env": stage_env, "tests": stage_tests, "
 
 def run_worker(stage: str, context_path: str) -> int:
     """Body of a stage's subprocess: run the stage, publishing its (partial) result for the driver to read."""
-    from engine.runlog import write_json
+    from engine.train.runlog import write_json
     with open(context_path) as f:
         ctx = json.load(f)
     path = os.path.join(ctx["work"], "stages", f"{stage}.json")
@@ -708,8 +708,8 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        from engine.checkpoint import atomic_write
-        from engine.runlog import write_json
+        from engine.train.checkpoint import atomic_write
+        from engine.train.runlog import write_json
         self.data["updated"] = now()
         self.data["headline"] = headline(self.data)
         write_json(self.json_path, self.data)

@@ -19,17 +19,17 @@ import yaml
 import losses
 import models
 import registry
-from engine import distributed
-from engine.data import unlabeled_source_choices
-from engine.experiment import ClassifierRun
-from engine.longtail import IMB_TYPES, check_imb_factor
-from engine.schedules import SCHEDULES, LRSchedule
-from engine.trainer import LoopConfig
+from engine.train import distributed
+from engine.data.datasets import unlabeled_source_choices
+from engine.train.experiment import ClassifierRun
+from engine.data.longtail import IMB_TYPES, check_imb_factor
+from engine.train.schedules import SCHEDULES, LRSchedule
+from engine.train.trainer import LoopConfig
 
 
 def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: str = "cifar10",
                   data_aliases: Sequence[str] = ()) -> None:
-    """--dataset (choices: ``datasets``, a view of engine.data.DATASETS read now, so register a data set before
+    """--dataset (choices: ``datasets``, a view of engine.data.datasets.DATASETS read now, so register a data set before
     building the parser) and the long-tail flags of ``DatasetSpec.build``; ``data_aliases``: other spellings of
     --data_path (a reference script's, e.g. --data)."""
     g = p.add_argument_group("data")
@@ -45,7 +45,7 @@ def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: 
 
 
 def add_unlabeled_source_arg(p) -> None:
-    """--unlabeled_source: the pool of a data set with several (engine.data.DatasetSpec.pools)."""
+    """--unlabeled_source: the pool of a data set with several (engine.data.datasets.DatasetSpec.pools)."""
     p.add_argument("--unlabeled_source", default=None, choices=unlabeled_source_choices(),
                    help="cifar10 only: the unlabeled pool, tinyimages (upstream's 80M Tiny Images selection, "
                         "the default) or cifar10_train (the CIFAR-10 training images the labeled subset leaves "
@@ -74,7 +74,7 @@ def semi_kwargs(args: argparse.Namespace) -> dict:
 
 
 def loader_kwargs(args: argparse.Namespace) -> dict:
-    """The keywords of ``engine.data.make_loader`` from parsed flags (batch sizes, loader kind, workers)."""
+    """The keywords of ``engine.data.datasets.make_loader`` from parsed flags (batch sizes, loader kind, workers)."""
     return _present(args, LOADER_FLAGS)
 
 
@@ -192,7 +192,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     """Evaluation-time options: post-hoc logit corrections (``--tau`` is a loss flag, shared with the LA loss)
-    and the shifted-target-prior evaluation of engine/shifted.py."""
+    and the shifted-target-prior evaluation of engine/eval/shifted.py."""
     g = p.add_argument_group("evaluation")
     g.add_argument("--posthoc", default="none", choices=["none", *sorted(losses.POSTHOC)],
                    help="correction added to the logits at evaluation: la = -tau*log(pi_s) (Menon et al.); "
@@ -373,7 +373,7 @@ def run_cli(main: Callable[[], object]) -> None:
 
 
 def classifier_run(args: argparse.Namespace, name: str) -> ClassifierRun:
-    """The explicit settings of ``engine.experiment.run_classification`` from a classification script's flags;
+    """The explicit settings of ``engine.train.experiment.run_classification`` from a classification script's flags;
     ``name`` is the run name (the log and checkpoint folders under --root_log / --root_model)."""
     return ClassifierRun(
         name=name, log_dir=os.path.join(args.root_log, name), ckpt_dir=os.path.join(args.root_model, name),

@@ -1,14 +1,14 @@
 """ImageNet-LT / iNaturalist 2018 as imagenet_inat.main names them: a view of the data-set registry.
 
-The split-file data sets are ``engine.data.DatasetSpec`` entries of ``engine.data.DATASETS`` (``imagenet``,
+The split-file data sets are ``engine.data.datasets.DatasetSpec`` entries of ``engine.data.datasets.DATASETS`` (``imagenet``,
 ``inat``); ``LT_DATASETS`` keys them by their ``list_name`` (``ImageNet_LT``, ``iNaturalist18``, the reference
 configs' ``training_opt.dataset``), live, so a registered Places-LT entry appears here too. The split files, their
-decoding and the reference pipeline are engine/filelists.py's.
+decoding and the reference pipeline are engine/data/filelists.py's.
 """
 from __future__ import annotations
 
-from engine.data import SPLIT_FILE_SETS
-from engine.filelists import ListDataset, list_transform, read_split_file
+from engine.data.datasets import SPLIT_FILE_SETS
+from engine.data.filelists import ListDataset, list_transform, read_split_file
 
 __all__ = ["LT_DATASETS", "ListDataset", "list_transform", "read_split_file", "reference_split_file"]
 

@@ -21,18 +21,19 @@ import torch.distributed as dist
 
 import losses
 import models
-from engine import config, distributed
-from engine.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
+from engine import config
+from engine.train import distributed
+from engine.train.checkpoint import (atomic_write, load_checkpoint, load_model_weights, load_pretrained_backbone,
                                save_checkpoint)
 from engine.config import args_to_dict
-from engine.experiment import Experiment, build_classifier, print_report, uses_normed_head
-from engine.loaders import TorchLoader
-from engine.samplers import ShardSampler
-from engine.metrics import collect_features, collect_logits, evaluate
-from engine.runlog import RunLog, write_json
+from engine.train.experiment import Experiment, build_classifier, print_report, uses_normed_head
+from engine.data.loaders import TorchLoader
+from engine.data.samplers import ShardSampler
+from engine.eval.metrics import collect_features, collect_logits, evaluate
+from engine.train.runlog import RunLog, write_json
 from engine.methods import Classification
-from engine.runspec import RunSpec
-from engine.trainer import LoopConfig
+from engine.train.runspec import RunSpec
+from engine.train.trainer import LoopConfig
 from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, read_split_file
 from imagenet_inat.heads import STAGES, freeze_backbone, tau_normalized
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(loader="torch", eval_batch_size=256)
 
     g = p.add_argument_group("run")
-    config.add_process_args(g, gpu=0, print_freq=50, workers=8, config_flags=("--cfg", "--config"),
+    config.add_process_args(g, gpu=0, print_freq=50, workers=8, config_flags=("--cfg",),
                             config_required=True)
     g.add_argument("--test", action="store_true", help="evaluate a checkpoint (--model_dir, else log_dir's best)")
     g.add_argument("--model_dir", default=None,

@@ -1,4 +1,4 @@
-"""The training samplers a config names (``sampler: instance | class_aware | sqrt``), from engine.samplers.
+"""The training samplers a config names (``sampler: instance | class_aware | sqrt``), from engine.data.samplers.
 
 Epoch length: with ``drop_last`` an epoch is floor(N / B) steps, as the reference loop (which ran
 int(N / batch) steps whatever the sampler's nominal length).
@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.samplers import ClassAwareSampler, EpochSampler, InstanceSampler, sqrt_sampler
+from engine.data.samplers import ClassAwareSampler, EpochSampler, InstanceSampler, sqrt_sampler
 
 
 SAMPLERS: dict[str, Callable[..., EpochSampler]] = {

@@ -5,9 +5,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from engine import augment
-from engine.loaders import DeviceLoader, TorchLoader
-from engine.samplers import epoch_seed
+from engine.data import augment
+from engine.data.loaders import DeviceLoader, TorchLoader
+from engine.data.samplers import epoch_seed
 
 
 def _images(n=6, size=8, seed=0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import models
-from engine import checkpoint
+from engine.train import checkpoint
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -77,7 +77,7 @@ def test_backbone_of_another_depth_is_refused_both_ways(tmp_path):
 def test_runlog_forgets_epochs_a_resumed_run_repeats(tmp_path):
     import json
 
-    from engine.runlog import RunLog
+    from engine.train.runlog import RunLog
 
     run = RunLog(str(tmp_path), tensorboard=False)
     for epoch in range(4):

@@ -30,14 +30,14 @@ from torch._dynamo.utils import counters
 import losses
 import models
 import train
-from engine import augment
-from engine.checkpoint import load_checkpoint, load_model_weights
-from engine.loaders import DeviceLoader
-from engine.metrics import collect_logits, evaluate
-from engine.runlog import RunLog
+from engine.data import augment
+from engine.train.checkpoint import load_checkpoint, load_model_weights
+from engine.data.loaders import DeviceLoader
+from engine.eval.metrics import collect_logits, evaluate
+from engine.train.runlog import RunLog
 from engine import config
 from engine.methods import Classification
-from engine.trainer import LoopConfig, Trainer
+from engine.train.trainer import LoopConfig, Trainer
 from models.resnet_cifar import NormedLinear
 
 pytestmark = [pytest.mark.cuda,
@@ -334,7 +334,7 @@ def test_evaluation_on_cuda_equals_the_cpu(fp32_math):
 NCCL_SCRIPT = r"""
 import json
 import torch
-from engine import distributed
+from engine.train import distributed
 
 device = distributed.init("cuda")
 t = torch.arange(4.0, device=device)

@@ -1,5 +1,5 @@
 """Long-tailed and semi-supervised CIFAR / SVHN construction (SPEC §2.1, §2.2), and the data-set registry
-(engine/data.py): views, the one code path, --imb_type, a new data set as one registration."""
+(engine/data/datasets.py): views, the one code path, --imb_type, a new data set as one registration."""
 import ast
 import json
 import os
@@ -17,8 +17,8 @@ import imagenet_inat.main as imagenet_main
 import pretrain_rot
 import train
 from conftest import REPO_ROOT
-from engine.checkpoint import load_checkpoint
-from engine.data import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, IN_MEMORY, SEMI_SUPERVISED, DatasetSpec, register,
+from engine.train.checkpoint import load_checkpoint
+from engine.data.datasets import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, IN_MEMORY, SEMI_SUPERVISED, DatasetSpec, register,
                          torch_transforms)
 from imagenet_inat.datasets import LT_DATASETS, reference_split_file
 from imbalance_cifar import (ChecksumWarning, ImbalanceCIFAR10, ImbalanceCIFAR100,
@@ -483,11 +483,11 @@ def test_real_cifar10(shared_cifar10_root, tmp_path):
     assert semi.get_cls_num_list() == [4500, 2697, 1617, 969, 580, 348, 208, 124, 75, 45]
 
 
-# ---------------------------------------------------------------- the registry (engine/data.py)
+# ---------------------------------------------------------------- the registry (engine/data/datasets.py)
 
 @pytest.fixture
 def registered():
-    """``registered(spec)`` adds ``spec`` to engine.data.DATASETS for one test (the registry has no removal: the
+    """``registered(spec)`` adds ``spec`` to engine.data.datasets.DATASETS for one test (the registry has no removal: the
     fixture takes its entries out again, so other tests see the built-in table)."""
     names = []
 

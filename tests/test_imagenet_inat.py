@@ -14,16 +14,16 @@ import torch
 import yaml
 
 import models
-from engine import distributed
-from engine.checkpoint import load_checkpoint
+from engine.train import distributed
+from engine.train.checkpoint import load_checkpoint
 from engine.config import load_yaml_defaults
-from engine.runlog import RunLog
+from engine.train.runlog import RunLog
 from imagenet_inat import main as iin
 from imagenet_inat import reference_config
 from imagenet_inat.datasets import LT_DATASETS, ListDataset, list_transform, read_split_file
 from engine.methods import Classification
 from imagenet_inat.heads import freeze_backbone, tau_normalized
-from engine.samplers import ShardSampler
+from engine.data.samplers import ShardSampler
 from imagenet_inat.samplers import SAMPLERS, build_sampler, shard_union
 from imagenet_inat.synthetic import class_counts, generate
 

@@ -9,7 +9,7 @@ import torch
 import losses
 import train
 from engine import config
-from engine.checkpoint import load_checkpoint
+from engine.train.checkpoint import load_checkpoint
 
 CONFIG_DIRS = [os.path.join(os.path.dirname(__file__), "..", "configs", d) for d in ("lade", "logit_adjustment")]
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import train
 from engine import config
-from engine.data import DATASETS
-from engine.experiment import run_classification
+from engine.data.datasets import DATASETS
+from engine.train.experiment import run_classification
 from engine.methods import Classification
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import metrics
+from engine.eval import metrics
 
 
 def test_topk_correct():

@@ -1,4 +1,4 @@
-"""MoCo v2 (engine/moco.py, pretrain_moco.py): hand-computed momentum, queue and InfoNCE values; the forward's
+"""MoCo v2 (engine/methods/moco.py, pretrain_moco.py): hand-computed momentum, queue and InfoNCE values; the forward's
 wiring; the two views; flags and errors; the upstream checkpoint layout, resume and loading into train.py's
 model; and two processes under torchrun (Gloo) staying identical."""
 import json
@@ -16,8 +16,8 @@ from PIL import Image
 import models
 import pretrain_moco
 from conftest import REPO_ROOT
-from engine.checkpoint import load_checkpoint, load_pretrained_backbone, strip_prefix
-from engine.moco import (MoCo, TwoCropsTransform, batch_shuffle, batch_unshuffle, build_moco, enqueue_,
+from engine.train.checkpoint import load_checkpoint, load_pretrained_backbone, strip_prefix
+from engine.methods.moco import (MoCo, TwoCropsTransform, batch_shuffle, batch_unshuffle, build_moco, enqueue_,
                          info_nce_logits, moco_v1_augmentation, moco_v2_augmentation, momentum_update_)
 
 
@@ -223,8 +223,8 @@ import sys
 import torch
 sys.path.insert(0, {repo!r})
 import pretrain_moco
-from engine import distributed
-from engine.moco import batch_shuffle, batch_unshuffle
+from engine.train import distributed
+from engine.methods.moco import batch_shuffle, batch_unshuffle
 
 moco = pretrain_moco.main(sys.argv[2:])
 x = torch.arange(8.0).view(4, 2) + 100 * distributed.rank()
@@ -264,7 +264,7 @@ def test_two_processes_under_torchrun_stay_identical(tiny_cifar10, tmp_path):
 
 # -- Split-BN (shuffle-BN in one process) -------------------------------------------------------------------
 def test_split_batchnorm_normalises_each_interleaved_group_on_its_own():
-    from engine.moco import SplitBatchNorm2d
+    from engine.methods.moco import SplitBatchNorm2d
     torch.manual_seed(0)
     bn = SplitBatchNorm2d(3, num_splits=2)
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_split_batchnorm_normalises_each_interleaved_group_on_its_own():
 
 
 def test_split_batchnorm_cumulative_average_and_no_running_stats():
-    from engine.moco import SplitBatchNorm2d, split_batchnorm_
+    from engine.methods.moco import SplitBatchNorm2d, split_batchnorm_
     x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     bn = SplitBatchNorm2d(3, num_splits=2, momentum=None)  # running stats = plain average over batches
     bn(x)
@@ -307,7 +307,7 @@ def test_split_batchnorm_cumulative_average_and_no_running_stats():
 
 
 def test_split_batchnorm_makes_the_key_permutation_matter():
-    from engine.moco import SplitBatchNorm2d, split_batchnorm_
+    from engine.methods.moco import SplitBatchNorm2d, split_batchnorm_
     model = split_batchnorm_(models.build_model("resnet20", 10), 4)
     assert sum(isinstance(m, SplitBatchNorm2d) for m in model.modules()) == \
         sum(isinstance(m, torch.nn.BatchNorm2d) for m in models.build_model("resnet20", 10).modules())

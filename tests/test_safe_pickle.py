@@ -1,11 +1,11 @@
-"""engine.safe_pickle: plain data loads, code-running pickles are refused, dumps are atomic."""
+"""engine.data.safe_pickle: plain data loads, code-running pickles are refused, dumps are atomic."""
 import os
 import pickle
 
 import numpy as np
 import pytest
 
-from engine import safe_pickle
+from engine.data import safe_pickle
 
 
 class _RunsShell:

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from engine import config
-from engine.schedules import LRSchedule
+from engine.train.schedules import LRSchedule
 
 
 def make(kind="step", lr=0.1, epochs=200, **kw):

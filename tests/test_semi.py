@@ -13,10 +13,11 @@ import gen_pseudolabels
 import models
 import train
 import train_semi
-from engine import pseudolabel, safe_pickle
-from engine.data import DATASETS
-from engine.pseudolabel_files import write_pseudo_labels
-from engine.checkpoint import load_checkpoint
+from engine.data import safe_pickle
+from engine.eval import pseudolabel
+from engine.data.datasets import DATASETS
+from engine.data.pseudolabel_files import write_pseudo_labels
+from engine.train.checkpoint import load_checkpoint
 from imbalance_cifar import SemiSupervisedImbalanceCIFAR10, get_img_num_per_cls
 from imbalance_svhn import SVHN_CLASS_ORDER, SemiSupervisedImbalanceSVHN
 

@@ -1,4 +1,4 @@
-"""Shifted-target-prior evaluation (engine/shifted.py): subsets, hand-computed scores, files, train.py -e."""
+"""Shifted-target-prior evaluation (engine/eval/shifted.py): subsets, hand-computed scores, files, train.py -e."""
 import csv
 import json
 
@@ -8,7 +8,7 @@ import torch
 
 import losses
 import train
-from engine import metrics, shifted
+from engine.eval import metrics, shifted
 
 ORDER = ["forward_50", "forward_25", "forward_10", "forward_5", "forward_2", "uniform",
          "backward_2", "backward_5", "backward_10", "backward_25", "backward_50"]

@@ -15,10 +15,10 @@ import pretrain_rot
 import train
 from conftest import REPO_ROOT
 from engine import config
-from engine.augment import rotate_batch
-from engine.checkpoint import load_checkpoint, load_pretrained_backbone
-from engine.data import DATASETS, make_loader
-from engine.metrics import evaluate
+from engine.data.augment import rotate_batch
+from engine.train.checkpoint import load_checkpoint, load_pretrained_backbone
+from engine.data.datasets import DATASETS, make_loader
+from engine.eval.metrics import evaluate
 from engine.methods import RotationPrediction, rotation_labels
 
 

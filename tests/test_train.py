@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from engine.checkpoint import load_checkpoint
+from engine.train.checkpoint import load_checkpoint
 
 
 def run_args(root, tmp_path, *extra, epochs=2):

@@ -1,4 +1,4 @@
-"""Training methods: what is trained and how one update goes, run by the one loop in ``engine.trainer``.
+"""Training methods: what is trained and how one update goes, run by the one loop in ``engine.train.trainer``.
 
 A method (solo-learn's ``BaseMethod``, timm's ``TrainingTask``) owns its module(s), its update (``train_step``:
 one or several forward/backward passes, anything after the optimizer step), the number of augmented views it

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.augment import rotate_batch
+from engine.data.augment import rotate_batch
 from engine.methods.classification import Classification
-from engine.samplers import epoch_seed
+from engine.data.samplers import epoch_seed
 
 ROTATIONS = ("0", "90", "180", "270")  # class k = k * 90 degrees counter-clockwise
 

@@ -2,7 +2,7 @@
 script runs, run the missing ones, and report our numbers next to the papers'.
 
 * ``spec``: the spec schema (documented there), loading and validation;
-* ``scripts``: the scripts a table runs, each described by its own ``RUN`` declaration (engine.runspec);
+* ``scripts``: the scripts a table runs, each described by its own ``RUN`` declaration (engine.train.runspec);
 * ``plan``: the expansion into jobs (command lines, folders, outputs, dependencies);
 * ``runner``: running the unfinished jobs as subprocesses;
 * ``report``: the Markdown and CSV reports.

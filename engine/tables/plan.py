@@ -2,7 +2,7 @@
 
 Every run is a plain command line, so any cell can be re-run by hand (``reproduce.py TABLE --dry-run`` prints
 them). The run flags (seeds, output folders, data) and the output paths come from the script's own
-declaration (``RUN``, engine.runspec.RunSpec).
+declaration (``RUN``, engine.train.runspec.RunSpec).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from engine.runspec import RunSpec
+from engine.train.runspec import RunSpec
 from engine.tables.scripts import (REPO_ROOT, Script, TableError, check_values, entry_point, load_script, option,
                                    parse_values)
 from engine.tables.spec import REF_RE, Column, Row, Stage, Table, config_file, flags_for

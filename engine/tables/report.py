@@ -7,7 +7,7 @@ import json
 import os
 import statistics
 
-from engine.checkpoint import atomic_write
+from engine.train.checkpoint import atomic_write
 from engine.tables.plan import Plan
 from engine.tables.runner import RunResult
 from engine.tables.spec import METRICS, TAGS, PaperValue

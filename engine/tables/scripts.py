@@ -1,8 +1,8 @@
-"""The scripts a table runs: found by path, described by their own ``RUN`` declaration (engine.runspec), parsed
+"""The scripts a table runs: found by path, described by their own ``RUN`` declaration (engine.train.runspec), parsed
 and checked with their own parser, and spelled back into command lines.
 
 A script is a file of this repository (``train.py``, ``imagenet_inat/main.py``) whose module defines ``RUN``,
-an engine.runspec.RunSpec, and ``build_parser()``. Scripts inside a package run as ``python -m PACKAGE.MODULE``.
+an engine.train.runspec.RunSpec, and ``build_parser()``. Scripts inside a package run as ``python -m PACKAGE.MODULE``.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import config as engine_config
-from engine.runspec import RunSpec
+from engine.train.runspec import RunSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def load_script(path, where: str) -> Script:
     module = importlib.import_module(module_name(path))
     run, build = getattr(module, "RUN", None), getattr(module, "build_parser", None)
     if not isinstance(run, RunSpec) or build is None:
-        raise TableError(f"{where}: {path} does not declare RUN = engine.runspec.RunSpec(...) and build_parser(), "
+        raise TableError(f"{where}: {path} does not declare RUN = engine.train.runspec.RunSpec(...) and build_parser(), "
                          "which reproduce.py needs to set its run flags and find its outputs")
     return Script(path, run, build)
 

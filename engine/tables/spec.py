@@ -30,7 +30,7 @@ Spec schema (unknown keys are errors, named with the file)::
           cifar10_exp100: {value: 22.97, source: cao2019, tag: S, note: optional}
 
 A script is a path from the repository root (``train.py``, ``pretrain_moco.py``, ``imagenet_inat/main.py``) whose
-module declares ``RUN`` (engine.runspec.RunSpec: its run name, outputs and run flags) and ``build_parser()``.
+module declares ``RUN`` (engine.train.runspec.RunSpec: its run name, outputs and run flags) and ``build_parser()``.
 Flags are the scripts' destination names, as in ``--config`` YAML files. A stage with ``inherit: true`` (the
 default) gets ``defaults`` < column ``overrides`` < row ``overrides`` < its own ``overrides``; ``inherit:
 false`` gets only its own. In any of these mappings a key naming a script (``train_semi.py: {...}``) holds

@@ -18,15 +18,15 @@ import torch
 
 import losses
 import models
-from engine import distributed
-from engine.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
-from engine.data import DatasetSpec, make_loader
-from engine.metrics import evaluate, format_metrics
-from engine.runlog import RunLog
-from engine.shifted import run_shifted_eval
+from engine.train import distributed
+from engine.train.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
+from engine.data.datasets import DatasetSpec, make_loader
+from engine.eval.metrics import evaluate, format_metrics
+from engine.train.runlog import RunLog
+from engine.eval.shifted import run_shifted_eval
 from engine.methods import Classification, Method
-from engine.schedules import LRSchedule
-from engine.trainer import LoopConfig, Trainer
+from engine.train.schedules import LRSchedule
+from engine.train.trainer import LoopConfig, Trainer
 
 
 def choose_seed(seed: int | None, resume_ckpt: dict | None) -> int:
@@ -122,7 +122,7 @@ class ClassifierRun:
 
     ``record``: the resolved configuration, written to args.yaml and into every checkpoint. ``loss_kwargs`` /
     ``rule_kwargs``: the hyper-parameters of ``loss_type`` / ``train_rule``; ``tau`` is also the post-hoc
-    correction's. ``loader``: the keywords of ``engine.data.make_loader``. ``evaluate``: evaluate the ``resume``
+    correction's. ``loader``: the keywords of ``engine.data.datasets.make_loader``. ``evaluate``: evaluate the ``resume``
     checkpoint instead of training (with the ``posthoc`` correction, or the shifted-prior protocol).
     """
     name: str

@@ -14,8 +14,8 @@ import os
 
 import yaml
 
-from engine import distributed
-from engine.checkpoint import atomic_write
+from engine.train import distributed
+from engine.train.checkpoint import atomic_write
 
 
 def _plain(value):

@@ -4,7 +4,7 @@ From a (balanced) test set with n_max images in its smallest class, build one te
 label distribution, in this order:
 
 * ``forward_r``  for r in 50, 25, 10, 5, 2: class c keeps n_c = int(n_max * (1/r)^(c/(C-1))) images (the
-  training exp profile of engine.longtail.get_img_num_per_cls, class 0 the head);
+  training exp profile of engine.data.longtail.get_img_num_per_cls, class 0 the head);
 * ``uniform``: n_max images of every class (the whole test set when it is balanced);
 * ``backward_r`` for r in 2, 5, 10, 25, 50: the forward counts reversed (class C-1 the head).
 
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 import losses
-from engine import distributed
-from engine.checkpoint import atomic_write
-from engine.longtail import get_img_num_per_cls
-from engine.metrics import collect_logits, summarize_confusion, topk_correct
-from engine.runlog import RunLog, write_json
+from engine.train import distributed
+from engine.train.checkpoint import atomic_write
+from engine.data.longtail import get_img_num_per_cls
+from engine.eval.metrics import collect_logits, summarize_confusion, topk_correct
+from engine.train.runlog import RunLog, write_json
 
 RATIOS = (50, 25, 10, 5, 2)
 METRICS = ("top1", "top5", "mean_class_acc")

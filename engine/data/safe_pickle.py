@@ -10,7 +10,7 @@ globals that plain containers and NumPy arrays need; anything else raises
 import os
 import pickle
 
-from engine.checkpoint import atomic_write
+from engine.train.checkpoint import atomic_write
 
 _NUMPY_GLOBALS = {
     # ndarray.__reduce_ex__ for protocols <= 4 (numpy 1.x spelling and numpy 2.x spelling).
@@ -43,7 +43,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(
-                f"refused global '{module}.{name}' in {self._path}: engine.safe_pickle only "
+                f"refused global '{module}.{name}' in {self._path}: engine.data.safe_pickle only "
                 "loads plain data (containers, numbers, strings, NumPy arrays); convert the file "
                 "to .npz or re-save it from trusted code")
         return super().find_class(module, name)
@@ -60,5 +60,5 @@ def load(path, encoding="ASCII"):
 
 
 def dump(obj, path):
-    """Pickle ``obj`` to ``path`` atomically (engine.checkpoint.atomic_write)."""
+    """Pickle ``obj`` to ``path`` atomically (engine.train.checkpoint.atomic_write)."""
     atomic_write(os.fspath(path), lambda f: pickle.dump(obj, f, protocol=PROTOCOL))

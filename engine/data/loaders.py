@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine import distributed
-from engine.augment import crop_flip, draw_crop_flip, normalization, normalize
-from engine.samplers import default_sampler, epoch_seed
+from engine.train import distributed
+from engine.data.augment import crop_flip, draw_crop_flip, normalization, normalize
+from engine.data.samplers import default_sampler, epoch_seed
 
 
 class DeviceLoader:

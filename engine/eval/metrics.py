@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import distributed
+from engine.train import distributed
 
 MANY_SHOT, FEW_SHOT = 100, 20
 

@@ -1,4 +1,4 @@
-"""In-memory image data sets, torchvision style: the arrays every in-memory DatasetSpec builds (engine/data.py).
+"""In-memory image data sets, torchvision style: the arrays every in-memory DatasetSpec builds (engine/data/datasets.py).
 
 ``.data`` is uint8 (N, H, W, 3), ``.targets`` a list of int, so one object serves both loaders: the arrays go to
 the device for ``--loader device``, and ``transform`` (PIL) is set for ``--loader torch``.

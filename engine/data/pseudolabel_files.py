@@ -8,7 +8,7 @@ classifier's argmax, -1 where a confidence threshold dropped it). Formats, chose
   (the checkpoint path), and ``ground_truth`` int64 (N,) when the pool has true labels;
 * ``.pickle``/``.pkl`` (upstream): a dict with ``extrapolated_targets`` int64 (N,) in pool order,
   ``prediction_model`` str, ``confidence`` float32 (N,), and ``ground_truth`` int64 (N,) when known
-  (upstream writes it for SVHN); read with the restricted unpickler ``engine.safe_pickle``.
+  (upstream writes it for SVHN); read with the restricted unpickler ``engine.data.safe_pickle``.
 
 Default names: ``{data_path}/{stem}.npz`` (what gen_pseudolabels.py writes), else the upstream
 ``{data_path}/{stem}.pickle``, with the data set's stem (``pseudo_labeled_cifar``, ``pseudo_labeled_svhn``).
@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from engine import safe_pickle
-from engine.checkpoint import atomic_write
-from engine.datafiles import load_pickle_dict
+from engine.data import safe_pickle
+from engine.train.checkpoint import atomic_write
+from engine.data.datafiles import load_pickle_dict
 
 BELOW_THRESHOLD, MISSING = -1, -2
 DEFAULT_EXTENSIONS = (".npz", ".pickle")  # the default names, in the order they are looked for

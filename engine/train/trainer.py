@@ -16,11 +16,11 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from engine import distributed
-from engine.checkpoint import save_checkpoint
+from engine.train import distributed
+from engine.train.checkpoint import save_checkpoint
 from engine.methods import Method
-from engine.metrics import format_metrics
-from engine.runlog import RunLog
+from engine.eval.metrics import format_metrics
+from engine.train.runlog import RunLog
 
 
 @dataclass(frozen=True)

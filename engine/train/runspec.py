@@ -70,7 +70,7 @@ CLASSIFICATION_OUTPUTS = {
 
 
 def classification_run(name_fields: Fields, **options) -> RunSpec:
-    """A script of engine.experiment.run_classification (train.py, train_semi.py, pretrain_rot.py): logs and
+    """A script of engine.train.experiment.run_classification (train.py, train_semi.py, pretrain_rot.py): logs and
     ``final.json`` in ``{root_log}/{run_name}/``, checkpoints in ``{root_model}/{run_name}/`` (the upstream
     layout)."""
     return RunSpec(name_fields, outputs=CLASSIFICATION_OUTPUTS,

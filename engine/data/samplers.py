@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from engine import distributed
+from engine.train import distributed
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

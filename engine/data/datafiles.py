@@ -1,7 +1,7 @@
 """Readers of the data files behind the in-memory data sets, with presence and checksum checks (SPEC §2.1, §2.2).
 
 * CIFAR-10 / CIFAR-100: the official python releases (pickled batches, Python 2 or 3), read with the restricted
-  unpickler ``engine.safe_pickle``;
+  unpickler ``engine.data.safe_pickle``;
 * SVHN: ``{train,test,extra}_32x32.mat`` (label 10 is digit 0);
 * the 80M Tiny Images selection ``ti_80M_selected.pickle`` of the upstream semi-supervised CIFAR-10 protocol
   (``data`` uint8 N x 32 x 32 x 3 and ``extrapolated_targets``, the class the data-sourcing model of Carmon et al.
@@ -21,7 +21,7 @@ import numpy as np
 import scipy.io
 from torchvision.datasets.utils import download_and_extract_archive, download_url
 
-from engine import safe_pickle
+from engine.data import safe_pickle
 
 
 class ChecksumWarning(UserWarning):
@@ -75,7 +75,7 @@ def _text(value):
 
 
 def load_pickle_dict(path, keys):
-    """``engine.safe_pickle.load(path, encoding='latin1')`` as a str-keyed dict holding ``keys``."""
+    """``engine.data.safe_pickle.load(path, encoding='latin1')`` as a str-keyed dict holding ``keys``."""
     content = safe_pickle.load(path, encoding="latin1")
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(content).__name__}")
@@ -127,7 +127,7 @@ CIFAR100 = CifarRelease(
 
 
 def read_cifar(root, release, train, download=False):
-    """One split of an official-layout CIFAR release under ``root``, read with engine.safe_pickle.
+    """One split of an official-layout CIFAR release under ``root``, read with engine.data.safe_pickle.
 
     Returns (images uint8 (N, 32, 32, 3) HWC, a view of the files' CHW rows; labels int64 (N,);
     class names), batches in file order. Keys may be str or bytes. Files whose md5 differs from

@@ -3,11 +3,11 @@
 Two kinds of data set behind one spec type:
 
 * in-memory sets (``read`` given; CIFAR-10/100, SVHN): the reader returns uint8 arrays and building the training
-  split applies the long-tail profile with the upstream seeded draw (engine/longtail.py); either loader
+  split applies the long-tail profile with the upstream seeded draw (engine/data/longtail.py); either loader
   (``--loader device`` keeps the arrays on the device). Semi-supervised sets add unlabeled pools (``pools``) and
-  pseudo-labels (engine/pseudolabel_files.py);
+  pseudo-labels (engine/data/pseudolabel_files.py);
 * split-file sets (``list_name`` given; ImageNet-LT, iNaturalist 2018): images listed in the authors' split files
-  (engine/filelists.py), decoded by DataLoader workers (``--loader torch`` only).
+  (engine/data/filelists.py), decoded by DataLoader workers (``--loader torch`` only).
 
 Building takes explicit keywords (engine/config.py's ``dataset_kwargs(args)`` makes them from parsed flags)::
 
@@ -38,15 +38,15 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-from engine import distributed
-from engine.datafiles import (CIFAR10, CIFAR100, SVHN_CLASS_ORDER, SVHN_CLASSES, SVHN_IMG_MAX, TINY_IMAGES_FILE,
+from engine.train import distributed
+from engine.data.datafiles import (CIFAR10, CIFAR100, SVHN_CLASS_ORDER, SVHN_CLASSES, SVHN_IMG_MAX, TINY_IMAGES_FILE,
                               read_cifar, read_svhn, read_tiny_images)
-from engine.filelists import ListDataset, list_transform
-from engine.imagesets import ImageArrayDataset, SemiSupervisedImageDataset
-from engine.loaders import DeviceLoader, TorchLoader
-from engine.longtail import (check_imb_factor, get_img_num_per_cls, long_tail_indices, select_unlabeled,
+from engine.data.filelists import ListDataset, list_transform
+from engine.data.imagesets import ImageArrayDataset, SemiSupervisedImageDataset
+from engine.data.loaders import DeviceLoader, TorchLoader
+from engine.data.longtail import (check_imb_factor, get_img_num_per_cls, long_tail_indices, select_unlabeled,
                              unlabeled_counts)
-from engine.pseudolabel_files import BELOW_THRESHOLD, read_pseudo_labels, resolve_pseudo_label_file
+from engine.data.pseudolabel_files import BELOW_THRESHOLD, read_pseudo_labels, resolve_pseudo_label_file
 from registry import Registry
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -86,11 +86,11 @@ class DatasetSpec:
     In-memory sets: ``read(data_path, split, download) -> (uint8 images (N, H, W, 3), int64 labels, class
     names)``; the training split keeps the long-tail profile of n_max = ``img_max`` (default: its images per
     class) in ``class_order`` (rank 0 = head; default: label order). ``pools``: its unlabeled pools, the first
-    the default; ``pseudo_label_stem``: the default pseudo-label file name (engine/pseudolabel_files.py).
+    the default; ``pseudo_label_stem``: the default pseudo-label file name (engine/data/pseudolabel_files.py).
 
     Split-file sets: ``list_name``, imagenet_inat.main's --dataset and the folder of the reference split files
     ``imagenet_inat/data/{list_name}/``; ``list_files``: split -> the authors' file name; ``color_jitter`` of
-    the training pipeline (engine/filelists.py). They also build any split from a ``list_file`` given.
+    the training pipeline (engine/data/filelists.py). They also build any split from a ``list_file`` given.
     """
     name: str
     num_classes: int
@@ -142,7 +142,7 @@ class DatasetSpec:
 
     def _long_tail(self, labels: np.ndarray, imb_type: str, imb_factor: float, rand_number: int,
                    img_max: float | None) -> np.ndarray:
-        """Indices of the long-tailed training subset (engine/longtail.py: profile, then the seeded draw)."""
+        """Indices of the long-tailed training subset (engine/data/longtail.py: profile, then the seeded draw)."""
         if img_max is None:
             img_max = len(labels) / self.num_classes if self.img_max is None else self.img_max
         counts = get_img_num_per_cls(img_max, self.num_classes, imb_type, imb_factor)
@@ -214,7 +214,7 @@ class DatasetSpec:
 
     def pseudo_label_file(self, data_path: str, given: str | None = None, source: str | None = None) -> str:
         """``given``, else ``{data_path}/{pseudo_label_stem}.npz`` if present, else the upstream ``.pickle``
-        (engine.pseudolabel_files.resolve_pseudo_label_file)."""
+        (engine.data.pseudolabel_files.resolve_pseudo_label_file)."""
         resolved = self.unlabeled_source(source)
         return resolve_pseudo_label_file(self.name, self.pseudo_label_stem, data_path, given,
                                          None if resolved == self.unlabeled_source(None) else resolved)
@@ -228,7 +228,7 @@ class DatasetSpec:
 
         D_L: the long-tailed training subset (``arrays``; ``labeled_max`` replaces n_max). D_U: on the same RNG
         stream, per class in ``class_order``, a shuffle of the pool images of that reference label, keeping the
-        first u_c (engine.longtail.unlabeled_counts: T = unlabel_size_factor x |D_L| split with ρ_U =
+        first u_c (engine.data.longtail.unlabeled_counts: T = unlabel_size_factor x |D_L| split with ρ_U =
         1/imb_factor_unlabel, or u_i = unlabeled_max * imb_factor_unlabel**(i/(C-1))), trained on with the
         pseudo-labels of ``pseudo_label_file`` (``pseudo_label_file()`` resolves the default); images below a
         confidence threshold (-1) are dropped after the draw, which stays upstream's. Other splits: whole, all

@@ -2,9 +2,9 @@
 sections 1.2, 1.3, 2.2).
 
 A base classifier trained on the labeled long-tailed set D_L labels the whole unlabeled pool once; the
-semi-supervised data sets (``engine.data.DatasetSpec.build_semi``) draw D_U from the pool and train on D_L with true
+semi-supervised data sets (``engine.data.datasets.DatasetSpec.build_semi``) draw D_U from the pool and train on D_L with true
 labels plus D_U with these labels (one round of self-training). The pools (``DatasetSpec.pools``, read with
-``DatasetSpec.load_pool``) and the pseudo-label files (engine/pseudolabel_files.py) belong to the data layer.
+``DatasetSpec.load_pool``) and the pseudo-label files (engine/data/pseudolabel_files.py) belong to the data layer.
 
 Prediction: y_hat = argmax_c z_c, confidence = max_c softmax(z)_c, with z the logits of the test-time input
 (x / 255 - mean) / std. With a confidence threshold t, y_hat = -1 where confidence < t.
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.augment import normalization, normalize
-from engine.metrics import eval_outputs
+from engine.data.augment import normalization, normalize
+from engine.eval.metrics import eval_outputs
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean: Sequence[float], s
 
     Batches of ``batch_size`` uint8 images are copied to the model's device and normalised there (the pool may
     not fit on the device); results stay on the device until the end (one host synchronisation). The forward
-    pass is the evaluation's (``engine.metrics.eval_outputs``). ``logit_scale`` multiplies the logits before
+    pass is the evaluation's (``engine.eval.metrics.eval_outputs``). ``logit_scale`` multiplies the logits before
     the softmax: LDAM's s for a cosine head, whose raw cosines would give near-uniform confidences.
     """
     device = next(model.parameters()).device

@@ -8,7 +8,7 @@ upstream one. The unlabeled set D_U of the semi-supervised protocol (Yang & Xu 2
 stream with its own profile (``unlabeled_counts``).
 
 Used by every in-memory data set (CIFAR, SVHN, registered ones), the semi-supervised sets and the shifted-prior
-evaluation (engine/shifted.py).
+evaluation (engine/eval/shifted.py).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ DataLoader workers. Files torchvision cannot decode fall back to PIL. The refere
 + Normalize; evaluation Resize(256) + CenterCrop(224) + Normalize. Crop and resize sizes are parameters so
 the tiny synthetic set can run at 32-64 pixels.
 
-The split-file DatasetSpec entries of engine/data.py (ImageNet-LT, iNaturalist 2018) build ``ListDataset``s with
+The split-file DatasetSpec entries of engine/data/datasets.py (ImageNet-LT, iNaturalist 2018) build ``ListDataset``s with
 ``list_transform``.
 """
 from __future__ import annotations

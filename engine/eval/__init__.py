@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the shifted-prior protocol, and the pseudo-labelling pass."""

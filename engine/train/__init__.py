@@ -1,0 +1,1 @@
+"""Training: the experiment runner, the loop, schedules, checkpoints, run logs, run declarations and the torchrun helpers."""
