@@ -1,5 +1,5 @@
 """Pseudo-label an unlabeled pool with a base classifier (Yang & Xu 2020, step 2 of the semi-supervised pipeline;
-SPEC section 1.3). See engine/eval/pseudolabel.py for the prediction, engine/data/datasets.py for the pools and
+docs/protocols.md#semi-supervised-pipeline). See engine/eval/pseudolabel.py for the prediction, engine/data/datasets.py for the pools and
 engine/data/pseudolabel_files.py for the file formats.
 
     python train.py --dataset cifar10 --imb_factor 0.01 --loss_type CE                      # 1. base model on D_L

@@ -1,4 +1,4 @@
-"""Long-tailed CIFAR-10/100 and semi-supervised long-tailed CIFAR-10 (SPEC §2.1, §2.2): the upstream classes.
+"""Long-tailed CIFAR-10/100 and semi-supervised long-tailed CIFAR-10 (docs/protocols.md#long-tailed-subsets, docs/protocols.md#unlabeled-set): the upstream classes.
 
 A thin view over the data layer in engine, which builds the same sets for the scripts (one code path):
 
@@ -34,7 +34,7 @@ UNLABELED_SOURCES = tuple(DATASETS["cifar10"].pools)  # ("tinyimages", "cifar10_
 
 
 def load_unlabeled_pool(root, source, labeled_indices=None):
-    """Unlabeled pool for semi-supervised CIFAR-10, in pool order (SPEC §2.2): (images uint8 (N, 32, 32, 3),
+    """Unlabeled pool for semi-supervised CIFAR-10, in pool order (docs/protocols.md#unlabeled-set): (images uint8 (N, 32, 32, 3),
     reference labels int64 (N,)); reference labels only drive the per-class selection, never training.
 
     * ``'tinyimages'``: ``{root}/ti_80M_selected.pickle`` (``data``, ``extrapolated_targets``), the upstream 80M
@@ -47,7 +47,7 @@ def load_unlabeled_pool(root, source, labeled_indices=None):
 
 
 class ImbalanceCIFAR10(ImageArrayDataset):
-    """CIFAR-10-LT (Cao et al. 2019; SPEC §2.1): ``train=True`` keeps n_i images of class i (img_max =
+    """CIFAR-10-LT (Cao et al. 2019; docs/protocols.md#long-tailed-subsets): ``train=True`` keeps n_i images of class i (img_max =
     len(train)/C, or ``img_max`` when given: the labeled set of the semi-supervised stand-in protocol), drawn with
     ``rand_number``; ``train=False`` is the official test split unchanged."""
     dataset = "cifar10"
@@ -67,7 +67,7 @@ class ImbalanceCIFAR100(ImbalanceCIFAR10):
 
 
 class SemiSupervisedImbalanceCIFAR10(SemiSupervisedImageDataset):
-    """CIFAR-10-LT plus pseudo-labeled unlabeled images (Yang & Xu 2020; SPEC §2.2).
+    """CIFAR-10-LT plus pseudo-labeled unlabeled images (Yang & Xu 2020; docs/protocols.md#unlabeled-set).
 
     The labeled part equals ``ImbalanceCIFAR10`` with the same arguments (same seed, same RNG stream), except
     that ``labeled_max`` replaces img_max when given. The unlabeled part comes from

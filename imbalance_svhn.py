@@ -1,4 +1,4 @@
-"""Long-tailed SVHN and semi-supervised long-tailed SVHN (SPEC §2.1, §2.2): the upstream classes.
+"""Long-tailed SVHN and semi-supervised long-tailed SVHN (docs/protocols.md#long-tailed-subsets, docs/protocols.md#unlabeled-set): the upstream classes.
 
 A thin view over ``engine.data.datasets.DATASETS["svhn"]`` (the profile and seeded draw of engine/data/longtail.py, as for
 CIFAR) with two SVHN specifics: img_max = 1000 (hard-coded upstream), and the profile is applied in the class
@@ -30,7 +30,7 @@ class _SVHNLabels:
 
 
 class ImbalanceSVHN(_SVHNLabels, ImageArrayDataset):
-    """SVHN-LT (SPEC §2.1): ``split='train'`` keeps n_r = int(1000 * imb_factor**(r/9)) images of the digit of
+    """SVHN-LT (docs/protocols.md#long-tailed-subsets): ``split='train'`` keeps n_r = int(1000 * imb_factor**(r/9)) images of the digit of
     rank r in ``SVHN_CLASS_ORDER``, drawn with ``rand_number``; other splits are returned unchanged (the test split
     is naturally imbalanced). ``get_cls_num_list()`` is indexed by digit, so index 0 is the tail count."""
     cls_num = 10
@@ -43,7 +43,7 @@ class ImbalanceSVHN(_SVHNLabels, ImageArrayDataset):
 
 
 class SemiSupervisedImbalanceSVHN(_SVHNLabels, SemiSupervisedImageDataset):
-    """SVHN-LT plus pseudo-labeled images of the ``extra`` split (Yang & Xu 2020; SPEC §2.2).
+    """SVHN-LT plus pseudo-labeled images of the ``extra`` split (Yang & Xu 2020; docs/protocols.md#unlabeled-set).
 
     The labeled part equals ``ImbalanceSVHN`` with the same arguments; the unlabeled sizes follow the upstream
     rule (``unlabeled_num_per_cls``) in ``SVHN_CLASS_ORDER``; training targets of unlabeled images come from

@@ -79,7 +79,7 @@ class FocalLoss(WeightedLoss):
     Upstream signature ``FocalLoss(weight=None, gamma)``; without ``weight`` it is unweighted.
 
     l_i is the per-sample (class-weighted) cross-entropy, so with weights exp(-l_i) is not exactly the
-    probability of the true class; this matches the reference implementations (SPEC section 1.6).
+    probability of the true class; this matches the reference implementations (kaidic/LDAM-DRW, YyzHarry/imbalanced-semi-self).
     """
 
     flag_names = {"gamma": "focal_gamma"}
@@ -186,7 +186,7 @@ class BalancedSoftmax(PriorAdjustedCE):
 
 @LOSSES.register("LADE")
 class LADELoss(PriorAdjustedCE):
-    """LADE (Hong et al. 2021, eqs. 16 and 18-20; SPEC section 4): L = LADE-CE + alpha * LADER.
+    """LADE (Hong et al. 2021, eqs. 16 and 18-20; docs/protocols.md#lade): L = LADE-CE + alpha * LADER.
 
     LADE-CE = CE(z + log(pi_s + 1e-9), y) (the class weights of a train rule apply here only).
     LADER, on the same logits, for a batch of N_b samples with n_c^b of class c:

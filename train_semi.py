@@ -1,5 +1,5 @@
 """Semi-supervised long-tailed training on CIFAR-10-LT and SVHN-LT with pseudo-labeled unlabeled data (Yang & Xu
-2020, sec. 3, step 3 of the pipeline; SPEC section 1.2).
+2020, sec. 3, step 3 of the pipeline; docs/protocols.md#semi-supervised-pipeline).
 
 The training set is the labeled long-tailed set D_L (true labels) followed by D_U, drawn from the unlabeled pool
 with its own imbalance rho_U = 1/--imb_factor_unlabel and labeled by gen_pseudolabels.py. Training is train.py's:

@@ -8,7 +8,7 @@ Classifier for Long-Tailed Recognition").
   trained, usually with class-aware sampling, on the frozen backbone of a stage-1 model. Frozen = every
   backbone parameter has ``requires_grad=False`` and is left out of the optimiser.
   BatchNorm running statistics: the reference puts the whole network in train mode each epoch, so the
-  frozen backbone's BN statistics keep being re-estimated on class-balanced batches (SPEC section 8).
+  frozen backbone's BN statistics keep being re-estimated on class-balanced batches (docs/protocols.md#imagenet-lt-and-inaturalist).
   ``freeze_bn=False`` (default) keeps that behaviour; ``freeze_bn=True`` keeps the backbone's BN layers
   in eval mode, so the stage-1 features are used exactly as they were (weights *and* statistics unchanged).
 * ``tau_norm``: no training. The stage-1 head's weights are rescaled, w_c <- w_c / ||w_c||_2^tau

@@ -2,8 +2,8 @@
 
     python -m imagenet_inat.synthetic ./data/synthetic_lt --classes 20 --max 40 --min 2 --size 64
 
-Class c has n_c = floor(max * (min / max)^(c / (C - 1))) training images (the exponential profile of SPEC
-section 2.1 with imbalance factor min / max; class 0 is the head) and ``--val`` / ``--test`` images each
+Class c has n_c = floor(max * (min / max)^(c / (C - 1))) training images (the exponential profile of Cao et al.
+2019 with imbalance factor min / max; class 0 is the head) and ``--val`` / ``--test`` images each
 (balanced, as ImageNet-LT's val/test). An image of class c is a field of stripes in the class's own hue,
 orientation and frequency, with a random phase and pixel noise, so a small network learns it in a few epochs
 even after RandomResizedCrop and colour jitter. Layout under OUT_DIR: ``{split}/c{c:04d}/c{c:04d}_{i:05d}.jpg``

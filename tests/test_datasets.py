@@ -1,4 +1,4 @@
-"""Long-tailed and semi-supervised CIFAR / SVHN construction (SPEC §2.1, §2.2), and the data-set registry
+"""Long-tailed and semi-supervised CIFAR / SVHN construction (docs/protocols.md#long-tailed-subsets, docs/protocols.md#unlabeled-set), and the data-set registry
 (engine/data/datasets.py): views, the one code path, --imb_type, a new data set as one registration."""
 import ast
 import json
@@ -72,7 +72,7 @@ def write_upstream_pickle(path, predictions, **extra):
     return str(path)
 
 
-# ---------------------------------------------------------------- profiles (SPEC §2.1)
+# ---------------------------------------------------------------- profiles (docs/protocols.md#long-tailed-subsets)
 
 @pytest.mark.parametrize("imb_factor, counts, total", [
     (0.01, [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 12406),
@@ -139,7 +139,7 @@ def test_datasets_validate_imb_factors_first(tmp_path):
     check_imb_factor(1)
 
 
-# ---------------------------------------------------------------- unlabeled size rule (SPEC §2.2)
+# ---------------------------------------------------------------- unlabeled size rule (docs/protocols.md#unlabeled-set)
 
 @pytest.mark.parametrize("labeled_total, imb_factor_unlabel, counts", [
     (13996, 1, [6998] * 10),

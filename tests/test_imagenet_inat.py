@@ -271,7 +271,7 @@ def test_shipped_configs_use_known_keys_and_the_spec_values():
     assert {"ImageNet_LT/feat_uniform.yaml", "ImageNet_LT/feat_balance.yaml", "ImageNet_LT/cls_crt.yaml",
             "iNaturalist18/feat_uniform.yaml", "iNaturalist18/cls_crt.yaml", "synthetic/feat_uniform.yaml",
             "synthetic/cls_crt.yaml"} <= set(cfg)
-    table = {  # SPEC section 1.11: sampler, batch, lr, wd, epochs
+    table = {  # the reference configs (docs/protocols.md#training-settings): sampler, batch, lr, wd, epochs
         "ImageNet_LT/feat_uniform.yaml": ("feature", "instance", 128, 0.2, 5e-4, 90),
         "ImageNet_LT/feat_balance.yaml": ("feature", "class_aware", 128, 0.2, 5e-4, 90),
         "ImageNet_LT/cls_crt.yaml": ("crt", "class_aware", 512, 0.2, 5e-4, 10),

@@ -65,7 +65,7 @@ def test_prior_adjusted_flags():
 # -- LADE ----------------------------------------------------------------------------------------------------------
 
 def lade_by_hand(z, y, counts, alpha, lam):
-    """SPEC section 4, written out with math: LADE-CE + alpha * LADER."""
+    """The LADE loss of docs/protocols.md#lade, written out with math: LADE-CE + alpha * LADER."""
     n_classes, n_b = len(counts), len(z)
     pi = [n / sum(counts) for n in counts]
     ce_part = sum(ce([z[i][c] + math.log(pi[c] + 1e-9) for c in range(n_classes)], y[i]) for i in range(n_b)) / n_b

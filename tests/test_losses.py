@@ -15,9 +15,9 @@ CIFAR10_RHO100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
 def test_ldam_margins_match_spec_example():
-    # SPEC section 1.6: CIFAR-10 rho=100 margins.
+    # LDAM margins for CIFAR-10 rho=100 (Cao et al. 2019; docs/protocols.md#ldam).
     expected = [0.158, 0.180, 0.204, 0.232, 0.264, 0.300, 0.341, 0.387, 0.441, 0.500]
-    np.testing.assert_allclose(losses.ldam_margins(CIFAR10_RHO100, 0.5), expected, atol=6e-4)  # SPEC rounds to 3 decimals
+    np.testing.assert_allclose(losses.ldam_margins(CIFAR10_RHO100, 0.5), expected, atol=6e-4)  # rounded to 3 decimals
 
 
 def test_ldam_margins_hand_derived():

@@ -1,4 +1,4 @@
-"""Readers of the data files behind the in-memory data sets, with presence and checksum checks (SPEC §2.1, §2.2).
+"""Readers of the data files behind the in-memory data sets, with presence and checksum checks (docs/protocols.md#long-tailed-subsets, docs/protocols.md#unlabeled-set).
 
 * CIFAR-10 / CIFAR-100: the official python releases (pickled batches, Python 2 or 3), read with the restricted
   unpickler ``engine.data.safe_pickle``;

@@ -150,8 +150,8 @@ class DatasetSpec:
 
     def arrays(self, split: str, *, data_path: str, imb_type: str = "exp", imb_factor: float = 0.01,
                rand_number: int = 0, download: bool = False, img_max: float | None = None) -> Arrays:
-        """(images, labels, class names) of ``split``: the training split long-tailed (Cao et al. 2019, SPEC
-        §2.1; ``img_max`` replaces n_max), any other split whole."""
+        """(images, labels, class names) of ``split``: the training split long-tailed (Cao et al. 2019,
+        docs/protocols.md#long-tailed-subsets; ``img_max`` replaces n_max), any other split whole."""
         check_imb_factor(imb_factor)
         self._check_split(split)
         data, labels, classes = self._read(data_path, split, download)
@@ -224,7 +224,7 @@ class DatasetSpec:
                    unlabeled_source: str | None = None, pseudo_label_file: str | None = None,
                    unlabel_size_factor: float = 5, labeled_max: float | None = None,
                    unlabeled_max: float | None = None) -> dict:
-        """The keywords of ``SemiSupervisedImageDataset``: D_L followed by D_U (Yang & Xu 2020; SPEC §2.2).
+        """The keywords of ``SemiSupervisedImageDataset``: D_L followed by D_U (Yang & Xu 2020; docs/protocols.md#unlabeled-set).
 
         D_L: the long-tailed training subset (``arrays``; ``labeled_max`` replaces n_max). D_U: on the same RNG
         stream, per class in ``class_order``, a shuffle of the pool images of that reference label, keeping the

@@ -6,8 +6,8 @@ imagenet_inat/README.md for where to get them).
 
 Images are decoded with ``torchvision.io.decode_image`` on the file bytes (libjpeg-turbo, no PIL round trip)
 into uint8 (3, H, W) tensors, and augmented with ``torchvision.transforms.v2`` on those tensors, in the
-DataLoader workers. Files torchvision cannot decode fall back to PIL. The reference pipeline (SPEC section
-1.10): training RandomResizedCrop(224) + horizontal flip (+ ColorJitter(0.4, 0.4, 0.4, 0) on ImageNet only)
+DataLoader workers. Files torchvision cannot decode fall back to PIL. The reference pipeline (classifier-balancing,
+Kang et al. 2020): training RandomResizedCrop(224) + horizontal flip (+ ColorJitter(0.4, 0.4, 0.4, 0) on ImageNet only)
 + Normalize; evaluation Resize(256) + CenterCrop(224) + Normalize. Crop and resize sizes are parameters so
 the tiny synthetic set can run at 32-64 pixels.
 
@@ -115,7 +115,7 @@ class ListDataset(Dataset):
 
 
 def list_transform(spec, train: bool, crop: int = 224, resize: int = 256) -> T.Compose:
-    """The reference pipeline on uint8 tensors (SPEC section 1.10) with ``spec``'s mean, std and colour jitter;
+    """The reference pipeline on uint8 tensors (Kang et al. 2020) with ``spec``'s mean, std and colour jitter;
     ``crop``/``resize`` replace 224/256."""
     tail = [T.ToDtype(torch.float32, scale=True), T.Normalize(spec.mean, spec.std)]
     if not train:

@@ -40,7 +40,7 @@ class ImageArrayDataset(Dataset):
 
 class SemiSupervisedImageDataset(ImageArrayDataset):
     """Labeled long-tailed samples (true labels) followed by unlabeled samples (pseudo-labels)
-    (Yang & Xu 2020; SPEC §2.2); ``DatasetSpec.semi_parts`` draws them.
+    (Yang & Xu 2020; docs/protocols.md#unlabeled-set); ``DatasetSpec.semi_parts`` draws them.
 
     ``get_cls_num_list()`` = labeled counts + pseudo-label counts. Attributes: ``labeled_indices`` (into the
     training split), ``unlabeled_indices`` (into the pool), ``num_labeled``. A test split is all labeled.

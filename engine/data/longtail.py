@@ -1,4 +1,4 @@
-"""The long-tail profile, the seeded subset draw and the unlabeled size rule (SPEC §2.1, §2.2).
+"""The long-tail profile, the seeded subset draw and the unlabeled size rule (docs/protocols.md#long-tailed-subsets, docs/protocols.md#unlabeled-set).
 
 Profile (Cao et al. 2019, LDAM-DRW; the same in Yang & Xu 2020 and LADE): for C classes, class rank i (0 = head)
 keeps n_i = int(img_max * imb_factor**(i/(C-1))) training images, with imb_factor = 1/ρ. The kept images are
@@ -22,7 +22,7 @@ IMB_TYPES = ("exp", "step", "none")
 
 
 def get_img_num_per_cls(img_max: float, cls_num: int, imb_type: str, imb_factor: float) -> list[int]:
-    """Per-class image counts, index = rank (0 = head) (Cao et al. 2019; SPEC §2.1).
+    """Per-class image counts, index = rank (0 = head) (Cao et al. 2019; docs/protocols.md#long-tailed-subsets).
 
     * ``'exp'``:  n_i = int(img_max * imb_factor**(i / (cls_num - 1))), i = 0..cls_num-1;
     * ``'step'``: the first cls_num//2 classes get int(img_max), the rest int(img_max * imb_factor)
@@ -49,7 +49,7 @@ def check_imb_factor(imb_factor: float, flag: str = "--imb_factor") -> None:
 
 
 def select_per_class(labels: np.ndarray, plan: Iterable[tuple[int, int]]) -> np.ndarray:
-    """Indices drawn per class with numpy's global legacy RNG (SPEC §2.1).
+    """Indices drawn per class with numpy's global legacy RNG (docs/protocols.md#long-tailed-subsets).
 
     For each ``(cls, num)`` of ``plan`` in order: idx = np.where(labels == cls)[0];
     np.random.shuffle(idx); keep idx[:num] (all of them when the class has fewer). The caller
@@ -68,7 +68,7 @@ def long_tail_indices(labels: np.ndarray, class_order: Iterable[int], counts: Se
     """``np.random.seed(rand_number)`` then ``select_per_class(labels, zip(class_order, counts))``.
 
     Leaves the global RNG advanced: the unlabeled draw of the semi-supervised set continues on
-    the same stream (SPEC §2.2), which is what makes it match upstream.
+    the same stream (docs/protocols.md#unlabeled-set), which is what makes it match upstream.
     """
     np.random.seed(rand_number)
     return select_per_class(labels, zip(class_order, counts))
@@ -76,7 +76,7 @@ def long_tail_indices(labels: np.ndarray, class_order: Iterable[int], counts: Se
 
 def unlabeled_num_per_cls(num_labeled: int, cls_num: int, imb_factor_unlabel: float,
                           unlabel_size_factor: float = 5) -> list[int]:
-    """Upstream unlabeled size rule (Yang & Xu 2020; SPEC §2.2), index = rank (0 = head).
+    """Upstream unlabeled size rule (Yang & Xu 2020; docs/protocols.md#unlabeled-set), index = rank (0 = head).
 
     T = unlabel_size_factor * num_labeled; b = T // C; u_i = int(b * f_U**(i/(C-1)));
     r = T / sum(u); u_i = int(u_i * r) (sums to T or a few less). f_U = imb_factor_unlabel.

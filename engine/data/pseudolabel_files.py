@@ -1,4 +1,4 @@
-"""Pseudo-label files: the one reader, the one writer and the one file-name resolution (SPEC sections 1.3, 2.2).
+"""Pseudo-label files: the one reader, the one writer and the one file-name resolution (docs/protocols.md#unlabeled-set).
 
 A pseudo-label file holds one prediction per image of an unlabeled pool, in pool order (Yang & Xu 2020: the base
 classifier's argmax, -1 where a confidence threshold dropped it). Formats, chosen by the file name's extension:

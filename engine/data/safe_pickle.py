@@ -2,7 +2,7 @@
 
 The data files this project must read are pickles: the official CIFAR batches (written by
 Python 2, hence ``encoding='latin1'``), the Tiny Images selection ``ti_80M_selected.pickle``
-and upstream pseudo-label files (SPEC §1.3, §2.2). A normal ``pickle.load`` calls whatever
+and upstream pseudo-label files (docs/protocols.md#semi-supervised-pipeline). A normal ``pickle.load`` calls whatever
 global a file names, so a crafted file runs arbitrary code. ``load`` resolves only the
 globals that plain containers and NumPy arrays need; anything else raises
 ``pickle.UnpicklingError`` naming the refused global and the file.

@@ -7,7 +7,7 @@ run, and a resumed run draws exactly the batches of an unbroken one.
 * ``WeightedSampler``: N draws with replacement by per-sample weights (Resample's class-balanced weights;
   square-root sampling of Kang et al. 2020, Sec. 3, via ``sqrt_sampler``).
 * ``ClassAwareSampler``: class-balanced sampling of Shen et al. 2016 as in classifier-balancing / OLTR
-  (SPEC section 1.11): walk a shuffled list of classes; at each visited class take ``samples_per_class``
+  (docs/protocols.md#imagenet-lt-and-inaturalist): walk a shuffled list of classes; at each visited class take ``samples_per_class``
   (4) consecutive indices of that class's shuffled index cycle; a class's cycle reshuffles when exhausted,
   the class list reshuffles after each pass. Each class gets about N / C draws per epoch. (The reference's
   iterators carried over from epoch to epoch; here every epoch restarts from (seed, epoch).)

@@ -1,5 +1,5 @@
-"""Pseudo-labelling: the labelling pass of semi-supervised long-tailed learning (Yang & Xu 2020, sec. 3; SPEC
-sections 1.2, 1.3, 2.2).
+"""Pseudo-labelling: the labelling pass of semi-supervised long-tailed learning (Yang & Xu 2020, sec. 3;
+docs/protocols.md#semi-supervised-pipeline).
 
 A base classifier trained on the labeled long-tailed set D_L labels the whole unlabeled pool once; the
 semi-supervised data sets (``engine.data.datasets.DatasetSpec.build_semi``) draw D_U from the pool and train on D_L with true

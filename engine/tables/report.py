@@ -98,7 +98,7 @@ def report_markdown(plan: Plan, records: list[dict], result: RunResult | None = 
               f"({DASH} for a single seed). *last* = the final epoch; *best* = the epoch with the highest test "
               f"top-1, i.e. selected on the test set as the papers do. Δ = ours ({compare}) − paper, in the "
               f"metric's units ({'negative' if metric.lower_is_better else 'positive'} = ours better). Paper tags "
-              "(SPEC section 7): " + "; ".join(f"[{t}] {d}" for t, d in TAGS.items()) + ".", "",
+              "(docs/protocols.md#confidence-tags): " + "; ".join(f"[{t}] {d}" for t, d in TAGS.items()) + ".", "",
               f"| method | setting | ours: last | ours: best | seeds | paper | source | Δ ({compare} − paper) |",
               "|---|---|---|---|---|---|---|---|"]
     for r in records:

@@ -10,7 +10,7 @@ Spec schema (unknown keys are errors, named with the file)::
     title: ...
     sources: {cao2019: "Cao et al. 2019, Table 2"}     # id -> citation, used by `paper` entries
     metric: error                   # error = 100 - top-1 (CIFAR/SVHN papers), accuracy = top-1 (LADE)
-    rand_number: 0                  # seed of the long-tailed subset (SPEC 2.1), the same for every run
+    rand_number: 0                  # seed of the long-tailed subset (docs/protocols.md#long-tailed-subsets), the same for every run
     seeds: [0, 1, 2]                # training seeds (--seed); `reproduce.py --seeds N` takes the first N
     compare: best                   # optional: which of ours the difference uses, best (default) or last epoch
     notes: [...]                    # optional lines printed in the report
@@ -39,7 +39,7 @@ declares, e.g. ``checkpoint``, ``best_checkpoint``, ``final``, ``log_dir``, ``ck
 gen_pseudolabels.py) or one of its resolved flags. The seed, the subset seed, the data path, the run name
 suffix and the output folders are set by reproduce.py as the script declares, never in a spec.
 
-Tags follow SPEC section 7: [V] verified in a primary source, [S] secondary source, [R] recalled, unverified.
+Tags (docs/protocols.md#confidence-tags): [V] verified in a primary source, [S] secondary source, [R] recalled, unverified.
 """
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ def _paper(obj, where: str, columns, sources) -> dict[str, PaperValue]:
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{here}.value",
                  f"expected a number, got {value!r}")
         _require(source in sources, f"{here}.source", f"{source!r} is not in `sources` ({', '.join(sources)})")
-        _require(tag in TAGS, f"{here}.tag", f"{tag!r} must be one of {', '.join(TAGS)} (SPEC section 7)")
+        _require(tag in TAGS, f"{here}.tag", f"{tag!r} must be one of {', '.join(TAGS)} (docs/protocols.md#confidence-tags)")
         out[column] = PaperValue(float(value), source, tag, str(entry.get("note", "")))
     return out
 

@@ -132,7 +132,7 @@ def load_pretrained_backbone(model: nn.Module, path: str, flag: str = "--pretrai
 
     Returns {'loaded': [...], 'missing': [...]} (keys of the model). Refuses a checkpoint that matches no
     key, whose matching keys have other shapes, or that holds or lacks backbone tensors (another
-    architecture): upstream users silently loaded nothing (SPEC section 8, item 1).
+    architecture): upstream users silently loaded nothing (docs/protocols.md#differences-from-the-upstream-code).
     """
     src = backbone_state(load_checkpoint(path, flag))
     own = model.state_dict()

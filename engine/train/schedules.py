@@ -1,6 +1,6 @@
 """Learning-rate schedules, evaluated once per epoch (as the reference code does).
 
-``step``   (LDAM-DRW / imbalanced-semi-self, SPEC section 1.7, corrected order): linear warm-up
+``step``   (LDAM-DRW / imbalanced-semi-self, corrected order, docs/protocols.md#learning-rate-schedule): linear warm-up
            lr * (epoch + 1) / W for the first W epochs, then lr * factor_k where k is the number of
            milestones already reached (defaults: x0.01 from epoch 160, x1e-4 from epoch 180, 0-indexed).
            In general the warm-up is lr * (f + (1 - f) * (epoch + 1) / W) with f = ``warmup_factor``: f = 0
