@@ -68,6 +68,10 @@ class Registry:
             return target
         return wrap if obj is None else wrap(obj)
 
+    def unregister(self, name: str) -> Callable:
+        """Remove ``name`` (a plug-in's or a test's entry) and return what it held."""
+        return self._entries.pop(name) if name in self._entries else self[name]
+
     def __getitem__(self, name: str) -> Callable:
         if name not in self._entries:
             raise ValueError(f"unknown {self.flag} {name!r}; choose one of: {', '.join(self.names())}")

@@ -5,23 +5,21 @@ int(N / batch) steps whatever the sampler's nominal length).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from registry import Registry
 from engine.data.samplers import ClassAwareSampler, EpochSampler, InstanceSampler, sqrt_sampler
 
 
-SAMPLERS: dict[str, Callable[..., EpochSampler]] = {
-    "instance": lambda labels, seed, samples_per_class: InstanceSampler(len(labels), seed),
-    "class_aware": ClassAwareSampler,
-    "sqrt": lambda labels, seed, samples_per_class: sqrt_sampler(labels, seed),
-}
+SAMPLERS = Registry("sampler", flag="--sampler")
+SAMPLERS.register("instance", lambda labels, seed, samples_per_class: InstanceSampler(len(labels), seed))
+SAMPLERS.register("class_aware", ClassAwareSampler)
+SAMPLERS.register("sqrt", lambda labels, seed, samples_per_class: sqrt_sampler(labels, seed))
 
 
 def build_sampler(name: str, labels: Sequence[int], seed: int, samples_per_class: int = 4) -> EpochSampler:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(sorted(SAMPLERS))}")
     return SAMPLERS[name](labels, seed, samples_per_class)
 
 

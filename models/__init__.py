@@ -12,6 +12,8 @@ model exposes ``feat_dim`` and its head as ``fc``.
 The constructors are also module attributes, so the upstream ``models.__dict__[arch]``
 idiom keeps working; prefer ``build_model``, which reports unknown names clearly.
 """
+from registry import Registry
+
 from .resnet import (
     resnet10, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
 )
@@ -28,23 +30,18 @@ __all__ = [
     "resnext50_32x4d",
 ]
 
-ARCHS = {
-    fn.__name__: fn
-    for fn in (
-        resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202,
-        resnet32_bbn,
-        resnet10, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
-    )
-}
+ARCHS = Registry("architecture", flag="--arch")
+for _constructor in (resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202, resnet32_bbn,
+                     resnet10, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d):
+    ARCHS.register(_constructor.__name__, _constructor)
+del _constructor
 
 
 def model_names():
     """Sorted names accepted by ``build_model`` (and by an ``--arch`` flag)."""
-    return sorted(ARCHS)
+    return ARCHS.names()
 
 
 def build_model(arch, num_classes, use_norm=False):
     """Construct ``arch`` with a ``num_classes``-way head (cosine head when ``use_norm``)."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose one of: {', '.join(model_names())}")
     return ARCHS[arch](num_classes=num_classes, use_norm=use_norm)

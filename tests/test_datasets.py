@@ -496,7 +496,7 @@ def registered():
         return register(spec)
     yield add
     for name in names:
-        del DATASETS._entries[name]
+        DATASETS.unregister(name)
 
 
 def test_builtin_entries_and_views():

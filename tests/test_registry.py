@@ -68,3 +68,10 @@ def test_kwargs_from_maps_destinations_back_to_keywords():
     assert kwargs_from(A, {"a_scale": 10.0, "max_m": 0.1, "other": 1}, context=("cls_num_list", "weight")) == \
         {"s": 10.0, "max_m": 0.1}
     assert accepted_kwargs(lambda x, **kw: None, {"a": 1}) == {"a": 1}
+
+
+def test_unregister_removes_an_entry_and_unknown_names_stay_clear_errors():
+    reg, A, _ = make()
+    assert reg.unregister("A") is A and "A" not in reg and reg.names() == ["B"]
+    with pytest.raises(ValueError, match="unknown --loss_type 'A'"):
+        reg.unregister("A")
