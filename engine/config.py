@@ -9,7 +9,9 @@ runs, naming the key and the file.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import pickle
 import sys
 from typing import Callable, Iterable, Sequence
 
@@ -227,6 +229,11 @@ def boolean(text: str) -> bool:
 def _coerce(action: argparse.Action, key: str, value, source: str):
     """Apply the flag's type to a YAML value (YAML reads 1e-4 as a string) and check its choices."""
     def one(v):
+        if isinstance(v, (list, dict)) or (action.type in (int, float) and isinstance(v, bool)):
+            raise SystemExit(f"error: {source}: {key}: expected one {getattr(action.type, '__name__', 'value')}, "
+                             f"got {v!r}")
+        if action.type is int and isinstance(v, float) and not v.is_integer():
+            raise SystemExit(f"error: {source}: {key}: expected an integer, got {v!r}")
         if action.type is not None and isinstance(v, str) and action.type is not str:
             try:
                 v = action.type(v)
@@ -247,7 +254,12 @@ def _config_layers(path: str, translate: Callable[[dict, str], dict] | None,
                    chain: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     """(file, mapping) of ``path``'s bases, recursively and in their order, then of ``path`` itself."""
     with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
+        try:
+            cfg = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise SystemExit(f"error: {path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     bases = cfg.pop(BASE_KEY, []) if isinstance(cfg, dict) else []
     if translate is not None:
         cfg = translate(cfg, path)
@@ -325,8 +337,15 @@ def validate_run(args: argparse.Namespace) -> None:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise ValueError(f"--lr must be a finite positive number, got {args.lr}")
+    for flag, dest in (("-p/--print-freq", "print_freq"), ("--eval_batch_size", "eval_batch_size")):
+        value = getattr(args, dest, None)  # None: a script fills it in later (pretrain_rot's per-source default)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    for flag, dest in (("--seed", "seed"), ("--rand_number", "rand_number")):
+        if (getattr(args, dest, None) or 0) < 0:
+            raise ValueError(f"{flag} must be a non-negative integer (a NumPy/torch seed), got {getattr(args, dest)}")
     if not 0 <= args.start_epoch <= args.epochs:
         raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -357,14 +376,14 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; a user error (bad input, missing file, NaN loss) ends with one readable line.
+    """Run a script's ``main``; a user error (bad input, missing or unusable file, NaN loss) ends with one line.
 
     Other exceptions keep their traceback; ``LTR_TRACEBACK=1`` shows it for these too. ``main`` itself raises,
     so tests and callers see the exceptions.
     """
     try:
         main()
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (FileNotFoundError, ValueError, FloatingPointError, pickle.UnpicklingError) as e:
         if os.environ.get("LTR_TRACEBACK"):
             raise
         sys.exit(f"error: {e}  (LTR_TRACEBACK=1 shows the traceback)")

@@ -93,3 +93,36 @@ def test_checkpoint_files_get_the_umask_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (os.stat(path).st_mode & 0o777) == 0o666 & ~mask == (os.stat(tmp_path / "best.pth.tar").st_mode & 0o777)
+
+
+def _evil(path, protocol):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": Evil()}, f, protocol=protocol)
+
+
+@pytest.mark.parametrize("kind", ["zero", "truncated", "text", "list", "evil2", "evil4"])
+def test_unusable_checkpoints_are_one_user_error_naming_the_file_and_why(tmp_path, kind):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        torch.save({"state_dict": {"w": torch.ones(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "list":
+        torch.save([1, 2], path)
+    else:
+        _evil(path, int(kind[-1]))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load_checkpoint(str(path), "--resume")
+    message = str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in message  # the scripts print ValueErrors as one line
+    assert message.startswith("--resume:") and str(path) in message and "weights_only=False" not in message
+    expected = {"zero": "zero bytes", "truncated": "not a readable PyTorch checkpoint", "text": "refused",
+                "list": "holds no 'state_dict'", "evil2": "the global posix.system", "evil4": "refused"}[kind]
+    assert expected in message

@@ -106,3 +106,24 @@ def test_accepts_official_style_cifar_batch(cifar10_root_bytes):
     assert batch["data"].dtype == np.uint8 and batch["data"].shape == (20, 3072)
     assert len(batch["labels"]) == 20 and batch["batch_label"] == "data_batch_1"
     np.testing.assert_array_equal(batch["data"], pickle.loads(raw, encoding="latin1")["data"])
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02}q\x00(X\x01", b"hello"])
+def test_truncated_or_foreign_files_are_one_unpickling_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(content)
+    with pytest.raises(pickle.UnpicklingError, match="not a readable pickle") as error:
+        safe_pickle.load(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_scripts_print_refused_and_unreadable_pickles_as_one_line(tmp_path, monkeypatch):
+    from engine import config
+
+    def main():
+        raise pickle.UnpicklingError(f"refused global 'os.system' in {tmp_path}/x")
+
+    monkeypatch.delenv("LTR_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        config.run_cli(main)
+    assert str(exit_.value).startswith("error: refused global 'os.system'")

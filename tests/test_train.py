@@ -77,6 +77,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cifar10_root, tmp_
     (["-e"], "needs --resume"),
     (["--resume", "/nonexistent/ckpt.pth.tar"], "--resume: no file"),
     (["--milestones", "10"], "same length"),
+    (["--imb_type", "expo"], "invalid choice: 'expo'"),
+    (["--lr", "nan"], "--lr must be a finite positive number"),
+    (["--lr", "inf"], "--lr must be a finite positive number"),
+    (["-p", "0"], "-p/--print-freq must be at least 1"),
+    (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1"),
+    (["--seed", "-1"], "--seed must be a non-negative integer"),
+    (["--rand_number", "-1"], "--rand_number must be a non-negative integer"),
 ])
 def test_bad_arguments_fail_before_training(cifar10_root, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
@@ -148,3 +155,19 @@ def test_torchrun_two_processes_train_and_evaluate_the_whole_test_set(cifar10_ro
 def test_missing_data_error_says_where_and_how(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="expand_cifar10.py"):
         train.main(["--data_path", str(tmp_path / "nowhere"), "--no-download", "--device", "cpu"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lr: [0.1\n", "not valid YAML at line 2"),
+    ("momentum: [0.9, 0.8]\n", "momentum: expected one float, got [0.9, 0.8]"),
+    ("epochs: 2.5\n", "epochs: expected an integer, got 2.5"),
+    ("lr: {a: 1}\n", "lr: expected one float"),
+])
+def test_bad_config_files_are_one_line_naming_the_file_and_key(cifar10_root, tmp_path, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(run_args(cifar10_root, tmp_path) + ["--config", str(cfg)])
+    err = str(exit_.value)  # SystemExit(message): Python prints it as the one line on stderr
+    assert message in err and str(cfg) in err and "\n" not in err
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "log").exists()

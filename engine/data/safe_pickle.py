@@ -56,7 +56,16 @@ def load(path, encoding="ASCII"):
     Python 2 files holding NumPy arrays (the official CIFAR batches).
     """
     with open(path, "rb") as f:
-        return _RestrictedUnpickler(f, os.fspath(path), encoding).load()
+        try:
+            return _RestrictedUnpickler(f, os.fspath(path), encoding).load()
+        except pickle.UnpicklingError as e:
+            if "refused global" in str(e):
+                raise
+            raise pickle.UnpicklingError(f"{os.fspath(path)}: not a readable pickle (truncated or another "
+                                         f"format: {e})") from None
+        except (EOFError, ValueError, TypeError, IndexError) as e:
+            raise pickle.UnpicklingError(f"{os.fspath(path)}: not a readable pickle (truncated or another "
+                                         f"format: {type(e).__name__}: {e})") from None
 
 
 def dump(obj, path):

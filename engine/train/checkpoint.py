@@ -11,6 +11,7 @@ Reads use ``torch.load(weights_only=True)``: no pickled code is ever executed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from typing import Iterable
@@ -60,16 +61,40 @@ def load_checkpoint(path: str, flag: str = "--resume") -> dict:
     """Load a checkpoint on the CPU with ``weights_only=True``; errors name the flag that gave the path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag}: no checkpoint file at {path!r}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{flag}: cannot read {path!r}: not a checkpoint: zero bytes")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file or a pickle with code both land here
-        raise RuntimeError(f"{flag}: cannot read {path!r} as a weights-only checkpoint ({e})") from e
+        raise CheckpointError(f"{flag}: cannot read {path!r}: {_load_failure(e)}") from e
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"state_dict": ckpt}  # a bare state_dict
     ckpt = from_decoupled_layout(ckpt)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise RuntimeError(f"{flag}: {path!r} holds no 'state_dict'")
+        raise CheckpointError(f"{flag}: {path!r} holds no 'state_dict': not a checkpoint of this project or the "
+                              "reference code")
     return ckpt
+
+
+class CheckpointError(ValueError, RuntimeError):
+    """A file given as a checkpoint cannot be used; the message names the flag, the file and why (a user error:
+    the scripts print it as one line)."""
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line. torch's own message suggests
+    ``weights_only=False``, i.e. running the file's code: that advice is never passed on."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+        what = (f"the global {refused.group(1)}" if refused else
+                detail.group(1).splitlines()[0].rstrip(".") if detail else "an object that is not a tensor")
+        return (f"refused: it holds pickled objects a weights-only checkpoint may not hold ({what}); nothing in "
+                "it was run. If you trust its author, re-save its tensors with torch.save(state_dict)")
+    first = text.strip().split(". ")[0].splitlines()[0] if text.strip() else ""
+    reason = f": {first}" if first and not first.strip("'").isdigit() else ""
+    return f"not a readable PyTorch checkpoint (truncated, or a file of another format{reason})"
 
 
 def from_decoupled_layout(ckpt):
