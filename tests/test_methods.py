@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 import train
@@ -59,3 +60,28 @@ def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tm
         data = config.dataset_kwargs(args)
         run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec, spec.build("train", **data),
                            spec.build("test", **data), TwoViewAgreement)
+
+
+class PoisonsBatchNorm(Classification):
+    """Test-only: a finite loss, but the BatchNorm running variance turns NaN after the first step."""
+
+    def train_step(self, x, y, optimizer):
+        out = super().train_step(x, y, optimizer)
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.fill_(float("nan"))
+                break
+        return out
+
+
+def test_a_non_finite_model_is_never_checkpointed(cifar10_root, tmp_path):
+    argv = ["--dataset", "cifar10", "--data_path", cifar10_root, "--imb_factor", "0.1", "-a", "resnet20",
+            "--epochs", "1", "-b", "64", "--seed", "0", "--device", "cpu", "--root_log", str(tmp_path / "log"),
+            "--root_model", str(tmp_path / "ckpt")]
+    args = config.parse(train.build_parser(), argv)
+    spec = DATASETS[args.dataset]
+    data = config.dataset_kwargs(args)
+    with pytest.raises(FloatingPointError, match=r"non-finite values in 1 tensors \(bn1.running_var\); not saved"):
+        run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec,
+                           spec.build("train", **data), spec.build("test", **data), PoisonsBatchNorm)
+    assert not list((tmp_path / "ckpt").rglob("*.pth.tar"))

@@ -99,6 +99,19 @@ class Trainer:
             raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}; stopped, {where}. "
                                      "Lower --lr or check the data and the loss settings.")
 
+    def _check_state_finite(self, epoch: int) -> None:
+        """Refuse to checkpoint a non-finite model: a finite loss can hide NaN/inf weights or BatchNorm statistics,
+        and a checkpoint is only ever written from a finite state (one host read per checkpoint)."""
+        tensors = {k: v for k, v in self.method.state_dict().items() if torch.is_tensor(v) and v.is_floating_point()}
+        finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).cpu().tolist() if tensors else []
+        bad = [name for name, ok in zip(tensors, finite) if not ok]
+        if bad:
+            where = (f"the last good checkpoint is {self.last_saved}" if self.last_saved
+                     else "no checkpoint was written yet")
+            raise FloatingPointError(f"after epoch {epoch} the model holds non-finite values in {len(bad)} tensors "
+                                     f"({', '.join(bad[:4])}{'...' if len(bad) > 4 else ''}); not saved, {where}. "
+                                     "Lower --lr or check the data and the loss settings.")
+
     def _means(self, sums: list[float], count: float) -> dict:
         scale = {name: 100.0 if name in self.method.percent_metrics else 1.0 for name in self.method.metric_names}
         return {name: scale[name] * s / max(count, 1) for name, s in zip(self.method.metric_names, sums)}
@@ -145,6 +158,7 @@ class Trainer:
                     self.state.best = dict(metrics, epoch=epoch)
             record["best_acc1"] = self.state.best_acc1
             if self.state.epoch % self.config.save_every == 0 or self.state.epoch == self.config.epochs:
+                self._check_state_finite(epoch)
                 self.save(is_best)
             self.run.epoch(record)
             self._print_epoch(record)
