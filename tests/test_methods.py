@@ -33,33 +33,33 @@ class TwoViewAgreement(Classification):
         return loss, [(pred[0] == y).sum(), (pred[0] == pred[1]).sum()]
 
 
-def test_a_two_view_method_trains_one_epoch_through_the_runner(cifar10_root, tmp_path):
-    argv = ["--dataset", "cifar10", "--data_path", cifar10_root, "--imb_factor", "0.1", "-a", "resnet20",
-            "--epochs", "1", "-b", "64", "--seed", "0", "--device", "cpu", "--root_log", str(tmp_path / "log"),
-            "--root_model", str(tmp_path / "ckpt"), "--exp_str", "twoview"]
+def run_method(root, tmp_path, method_class, *flags):
+    """``method_class`` trained by the runner as train.py would (tiny CIFAR-10-LT, resnet20, one CPU epoch); returns
+    the summary, the run name and the training set."""
+    argv = ["--dataset", "cifar10", "--data_path", root, "--imb_factor", "0.1", "-a", "resnet20", "--epochs", "1",
+            "-b", "64", "--seed", "0", "--device", "cpu", "--root_log", str(tmp_path / "log"),
+            "--root_model", str(tmp_path / "ckpt"), *flags]
     args = config.parse(train.build_parser(), argv)
-    spec = DATASETS[args.dataset]
-    data = config.dataset_kwargs(args)
+    spec, data, name = DATASETS[args.dataset], config.dataset_kwargs(args), train.RUN.run_name(vars(args))
     train_set = spec.build("train", **data)
-    summary = run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec, train_set,
-                                 spec.build("test", **data), TwoViewAgreement)
+    summary = run_classification(config.classifier_run(args, name), spec, train_set, spec.build("test", **data),
+                                 method_class)
+    return summary, name, train_set
+
+
+def test_a_two_view_method_trains_one_epoch_through_the_runner(cifar10_root, tmp_path):
+    TwoViewAgreement.seen_shapes.clear()
+    summary, name, train_set = run_method(cifar10_root, tmp_path, TwoViewAgreement, "--exp_str", "twoview")
     assert TwoViewAgreement.seen_shapes[0] == (64, 2, 3, 32, 32)  # (B, views, C, H, W) from the device loader
     assert sum(s[0] for s in TwoViewAgreement.seen_shapes) == len(train_set)
-    record = json.loads(open(os.path.join(tmp_path, "log", train.RUN.run_name(vars(args)), "metrics.jsonl")).readline())
+    record = json.loads(open(os.path.join(tmp_path, "log", name, "metrics.jsonl")).readline())
     assert 0.0 <= record["train_agree"] <= 100.0 and "train_top1" in record and record["train_loss"] > 0
-    assert summary["epochs"] == 1 and os.path.isfile(os.path.join(tmp_path, "ckpt", train.RUN.run_name(vars(args)), "ckpt.pth.tar"))
+    assert summary["epochs"] == 1 and os.path.isfile(os.path.join(tmp_path, "ckpt", name, "ckpt.pth.tar"))
 
 
 def test_the_torch_loader_refuses_a_method_that_needs_two_views(cifar10_root, tmp_path):
-    argv = ["--dataset", "cifar10", "--data_path", cifar10_root, "--imb_factor", "0.1", "-a", "resnet20",
-            "--epochs", "1", "--device", "cpu", "--loader", "torch", "-j", "0", "--root_log", str(tmp_path / "l"),
-            "--root_model", str(tmp_path / "m")]
-    args = config.parse(train.build_parser(), argv)
-    spec = DATASETS[args.dataset]
     with pytest.raises(ValueError, match="needs 2 views"):
-        data = config.dataset_kwargs(args)
-        run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec, spec.build("train", **data),
-                           spec.build("test", **data), TwoViewAgreement)
+        run_method(cifar10_root, tmp_path, TwoViewAgreement, "--loader", "torch", "-j", "0")
 
 
 class PoisonsBatchNorm(Classification):
@@ -75,13 +75,6 @@ class PoisonsBatchNorm(Classification):
 
 
 def test_a_non_finite_model_is_never_checkpointed(cifar10_root, tmp_path):
-    argv = ["--dataset", "cifar10", "--data_path", cifar10_root, "--imb_factor", "0.1", "-a", "resnet20",
-            "--epochs", "1", "-b", "64", "--seed", "0", "--device", "cpu", "--root_log", str(tmp_path / "log"),
-            "--root_model", str(tmp_path / "ckpt")]
-    args = config.parse(train.build_parser(), argv)
-    spec = DATASETS[args.dataset]
-    data = config.dataset_kwargs(args)
     with pytest.raises(FloatingPointError, match=r"non-finite values in 1 tensors \(bn1.running_var\); not saved"):
-        run_classification(config.classifier_run(args, train.RUN.run_name(vars(args))), spec,
-                           spec.build("train", **data), spec.build("test", **data), PoisonsBatchNorm)
+        run_method(cifar10_root, tmp_path, PoisonsBatchNorm)
     assert not list((tmp_path / "ckpt").rglob("*.pth.tar"))
