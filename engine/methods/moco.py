@@ -27,7 +27,6 @@ loader take ``encoder_q`` without its head.
 from __future__ import annotations
 
 import copy
-import os
 import random
 from typing import Sequence
 
