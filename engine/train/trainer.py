@@ -93,11 +93,14 @@ class Trainer:
         """Stop on a NaN/inf loss; the value is summed over processes so that all of them stop together."""
         value = distributed.all_reduce_sum(loss_sum.detach().clone()).item()
         if not math.isfinite(value):
-            last = self.last_saved or (self.checkpoint_path(self.state.epoch) if self.ckpt_dir else "")
-            where = (f"the last good checkpoint is {last} (epoch {self.state.epoch})" if os.path.exists(last)
-                     else "no checkpoint was written yet")
-            raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}; stopped, {where}. "
-                                     "Lower --lr or check the data and the loss settings.")
+            raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}; stopped, "
+                                     f"{self._last_good(epoch)}. Lower --lr or check the data and the loss settings.")
+
+    def _last_good(self, epochs_done: int) -> str:
+        """Where a stopped run's last good checkpoint is: the one this run saved, else the one it resumed from."""
+        last = self.last_saved or (self.checkpoint_path(epochs_done) if self.ckpt_dir else "")
+        return (f"the last good checkpoint is {last} (epoch {epochs_done})" if os.path.exists(last)
+                else "no checkpoint was written yet")
 
     def _check_state_finite(self, epoch: int) -> None:
         """Refuse to checkpoint a non-finite model: a finite loss can hide NaN/inf weights or BatchNorm statistics,
@@ -106,11 +109,9 @@ class Trainer:
         finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).cpu().tolist() if tensors else []
         bad = [name for name, ok in zip(tensors, finite) if not ok]
         if bad:
-            where = (f"the last good checkpoint is {self.last_saved}" if self.last_saved
-                     else "no checkpoint was written yet")
             raise FloatingPointError(f"after epoch {epoch} the model holds non-finite values in {len(bad)} tensors "
-                                     f"({', '.join(bad[:4])}{'...' if len(bad) > 4 else ''}); not saved, {where}. "
-                                     "Lower --lr or check the data and the loss settings.")
+                                     f"({', '.join(bad[:4])}{'...' if len(bad) > 4 else ''}); not saved, "
+                                     f"{self._last_good(epoch)}. Lower --lr or check the data and the loss settings.")
 
     def _means(self, sums: list[float], count: float) -> dict:
         scale = {name: 100.0 if name in self.method.percent_metrics else 1.0 for name in self.method.metric_names}
