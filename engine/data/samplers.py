@@ -23,9 +23,9 @@ from torch.utils.data import Sampler
 from engine.train import distributed
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for (seed, epoch): distinct epochs and seeds give unrelated streams."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 63-bit seed for (seed, epoch, *more): distinct tuples give unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class EpochSampler(Sampler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -16,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
+from engine.data.samplers import epoch_seed
 from engine.train import distributed
 from engine.train.checkpoint import save_checkpoint
 from engine.methods import Method
@@ -117,11 +119,20 @@ class Trainer:
         scale = {name: 100.0 if name in self.method.percent_metrics else 1.0 for name in self.method.metric_names}
         return {name: scale[name] * s / max(count, 1) for name, s in zip(self.method.metric_names, sums)}
 
+    def reseed(self, epoch: int) -> None:
+        """Seed torch's and Python's global generators from (run seed, epoch, rank): what a method draws from them
+        (MoCo's batch shuffle, a DataLoader's worker seeds) then does not depend on the epochs before, so a resumed
+        run draws exactly what an unbroken one does."""
+        seed = epoch_seed(int(self.meta.get("seed") or 0), epoch, distributed.rank())
+        torch.manual_seed(seed)
+        random.seed(seed)
+
     def train_epoch(self, epoch: int) -> dict:
         lr = self.schedule(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.method.train()
+        self.reseed(epoch)
         self.method.start_epoch(epoch)
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
