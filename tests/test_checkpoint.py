@@ -74,17 +74,32 @@ def test_backbone_of_another_depth_is_refused_both_ways(tmp_path):
                                             _save(tmp_path, "other.pth", {"encoder.w": torch.zeros(1)}))
 
 
-def test_runlog_forgets_epochs_a_resumed_run_repeats(tmp_path):
+def test_runlog_restore_keeps_exactly_the_checkpointed_epochs(tmp_path, capsys):
     import json
 
-    from engine.train.runlog import RunLog
+    from engine.train.runlog import RunLog, read_records
 
     run = RunLog(str(tmp_path), tensorboard=False)
     for epoch in range(4):
         run.epoch({"epoch": epoch, "lr": 0.1})
-    run.forget_from(2)  # resumed from the checkpoint written after epoch 1
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "lr"')  # a line torn by a kill
+    assert [r["epoch"] for r in read_records(str(tmp_path / "metrics.jsonl"))] == [0, 1, 2, 3]
+    assert "dropped its last line" in capsys.readouterr().err
+    (tmp_path / "final.json").write_text("{}")
+    run.restore([{"epoch": 0, "lr": 0.1}, {"epoch": 1, "lr": 0.1}])  # resumed from the checkpoint of epoch 1
     run.epoch({"epoch": 2, "lr": 0.1})
     assert [json.loads(line)["epoch"] for line in open(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    assert not (tmp_path / "final.json").exists()
+    run.close()
+
+
+def test_a_damaged_line_inside_the_log_is_an_error_naming_it(tmp_path):
+    from engine.train.runlog import read_records
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0}\n{"epo\n{"epoch": 2}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: line 2 is not a JSON record"):
+        read_records(str(tmp_path / "metrics.jsonl"))
 
 
 def test_checkpoint_files_get_the_umask_mode(tmp_path):

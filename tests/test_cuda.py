@@ -398,7 +398,7 @@ def test_checkpoint_written_on_cuda_loads_on_the_cpu_and_back(tmp_path, determin
     load_model_weights(back, ckpt)
     resumed = make_trainer(tmp_path / "b", back, cuda_loader(images, labels, batch_size=32, seed=1),
                            trainer_args(epochs=2), counts, meta=meta)
-    resumed.restore(ckpt)
+    resumed.restore(ckpt, str(tmp_path / "ckpt" / "ckpt.pth.tar"))
     assert resumed.state.epoch == 1
     assert all(resumed.optimizer.state[p]["momentum_buffer"].device.type == CUDA.type for p in back.parameters())
     a, b = trainer.train_epoch(1), resumed.train_epoch(1)

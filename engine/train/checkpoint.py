@@ -10,6 +10,7 @@ Reads use ``torch.load(weights_only=True)``: no pickled code is ever executed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -28,10 +29,47 @@ def _umask() -> int:
     return mask
 
 
+class DiskFullError(OSError):
+    """The disk cannot hold a file the run must write; the message names the folder and the space needed (a run
+    failure: the scripts print it as one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_bytes(folder: str) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MB"
+
+
+def ensure_space(folder: str, needed: int) -> None:
+    """Fail before writing when ``folder``'s disk has less than ``needed`` bytes free."""
+    os.makedirs(folder, exist_ok=True)
+    free = free_bytes(folder)
+    if free < needed:
+        raise DiskFullError(f"not enough disk space in {folder}: {_mb(free)} free, the next checkpoint needs about "
+                            f"{_mb(needed)}; free some space or write the checkpoints to another disk")
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """A write failed for want of space: ENOSPC/EDQUOT, or torch.save's zip writer's own error for it."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
+
+
 def atomic_write(path: str, write) -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over ``path``.
 
-    A crash leaves either the old file or the new one, never a half-written one.
+    A crash leaves either the old file or the new one, never a half-written one (a kill may leave the temporary
+    ``.tmp-*`` file, which the next run of the folder removes). A full disk is a ``DiskFullError`` naming the
+    folder, and the old file stays.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -43,9 +81,14 @@ def atomic_write(path: str, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(f"no space left on the disk of {folder} while writing {os.path.basename(path)} "
+                                f"({_mb(written)} written, {_mb(free_bytes(folder))} free); the previous file is "
+                                "intact: free some space and resume") from e
         raise
 
 
@@ -53,8 +96,25 @@ def save_checkpoint(state: dict, path: str, best_path: str | None = None) -> Non
     """Write ``state`` to ``path`` atomically; when ``best_path`` is given, copy it there (atomically too)."""
     atomic_write(path, lambda f: torch.save(state, f))
     if best_path is not None:
-        with open(path, "rb") as src:
-            atomic_write(best_path, lambda f: shutil.copyfileobj(src, f))
+        copy_file(path, best_path)
+
+
+def copy_file(source: str, target: str) -> None:
+    """Copy ``source`` to ``target`` atomically."""
+    with open(source, "rb") as src:
+        atomic_write(target, lambda f: shutil.copyfileobj(src, f))
+
+
+def state_bytes(state) -> int:
+    """The bytes of the tensors in ``state`` (nested dicts and lists): what a checkpoint of it takes on disk, less
+    a little metadata."""
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
 
 
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:

@@ -90,7 +90,7 @@ class Experiment:
         trainer = Trainer(method, optimizer, loader, schedule, loop, self.run, ckpt_dir, dict(meta, seed=self.seed),
                           evaluate=evaluate)
         if self.resume is not None:
-            trainer.restore(self.resume)
+            trainer.restore(self.resume, self.resume_path)
             self.run.print(f"=> resumed {self.resume_path} at epoch {trainer.state.epoch} "
                            f"(best Prec@1 {trainer.state.best_acc1:.3f})")
         return trainer.fit()

@@ -18,11 +18,11 @@ import torch
 from tqdm import tqdm
 
 from engine.data.samplers import epoch_seed
-from engine.train import distributed
-from engine.train.checkpoint import save_checkpoint
+from engine.train import distributed, runlock
+from engine.train.checkpoint import copy_file, ensure_space, save_checkpoint, state_bytes
 from engine.methods import Method
 from engine.eval.metrics import format_metrics
-from engine.train.runlog import RunLog
+from engine.train.runlog import METRICS, RunLog, read_records
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TrainState:
     best_epoch: int = -1
     best: dict = field(default_factory=dict)
     last: dict = field(default_factory=dict)
+    records: list = field(default_factory=list)  # every epoch's record so far: the log is rebuilt from them
 
 
 class Trainer:
@@ -52,6 +53,12 @@ class Trainer:
     the highest ``top1`` (on the test set for CIFAR/SVHN, as the papers do: reported with the last epoch).
     ``checkpoint_meta`` is stored in every checkpoint (arch, num_classes, use_norm, args...); checkpoints go to
     ``ckpt_dir`` (None: none are written) under the method's file name.
+
+    The run folder is kept as one consistent state whatever instant the process is killed at: an epoch writes
+    its checkpoint (which carries every epoch record), then the best copy, then the ``metrics.jsonl`` line and
+    TensorBoard scalars; ``restore`` rebuilds the log from the checkpoint's records and the best copy from the
+    checkpoint when the kill came between the two. The checkpoint folder has one writer (``runlock``), and
+    space for the next checkpoint is checked before training and before every save.
     """
 
     def __init__(self, method: Method, optimizer: torch.optim.Optimizer, loader: Iterable,
@@ -67,27 +74,53 @@ class Trainer:
     def checkpoint_path(self, epochs_done: int) -> str:
         return os.path.join(self.ckpt_dir, self.method.checkpoint_file(epochs_done))
 
+    @property
+    def writes_checkpoints(self) -> bool:
+        return self.ckpt_dir is not None and distributed.is_main()
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.ckpt_dir, "ckpt.best.pth.tar")
+
     def checkpoint_state(self) -> dict:
-        """Everything a checkpoint holds: the meta data, weights, optimizer and progress."""
+        """Everything a checkpoint holds: the meta data, weights, optimizer, progress and the epoch records."""
         return dict(self.meta, epoch=self.state.epoch, state_dict=self.method.state_dict(),
                     optimizer=self.optimizer.state_dict(), best_acc1=self.state.best_acc1,
-                    best_epoch=self.state.best_epoch, best=self.state.best, last=self.state.last)
+                    best_epoch=self.state.best_epoch, best=self.state.best, last=self.state.last,
+                    records=self.state.records)
 
-    def restore(self, ckpt: dict) -> None:
-        """Continue the run saved in ``ckpt``: optimizer, epoch, best so far (weights are loaded by the caller)."""
+    def restore(self, ckpt: dict, source: str) -> None:
+        """Continue the run saved in ``ckpt`` (read from the file ``source``): optimizer, epoch, best so far and
+        the epoch records, from which the log is rebuilt (weights are loaded by the caller). When the checkpoint is
+        of the best epoch, it is also the best copy (a kill may have come between writing the two)."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = TrainState(epoch=int(ckpt["epoch"]), best_acc1=float(ckpt.get("best_acc1", 0.0)),
+        epoch = int(ckpt["epoch"])
+        self.state = TrainState(epoch=epoch, best_acc1=float(ckpt.get("best_acc1", 0.0)),
                                 best_epoch=int(ckpt.get("best_epoch", -1)), best=ckpt.get("best", {}),
-                                last=ckpt.get("last", {}))
-        self.run.forget_from(self.state.epoch)
+                                last=ckpt.get("last", {}), records=self._records_of(ckpt, epoch))
+        if self.writes_checkpoints and self.state.best_epoch == epoch - 1 >= 0:
+            copy_file(source, self.best_path)
+
+    def _records_of(self, ckpt: dict, epoch: int) -> list:
+        """The checkpoint's epoch records; a checkpoint written before they were stored gets them from the log."""
+        if "records" in ckpt:
+            return list(ckpt["records"])
+        path = os.path.join(self.run.dir, METRICS)
+        return [r for r in read_records(path) if r["epoch"] < epoch] if os.path.exists(path) else []
+
+    def _ensure_space(self, state: dict) -> None:
+        """The disk must hold a second copy of the checkpoint while it is written (temporary file, then rename)."""
+        size = os.path.getsize(self.last_saved) if self.last_saved else state_bytes(state)
+        ensure_space(self.ckpt_dir, int(size * 1.05) + 2 ** 20)
 
     def save(self, is_best: bool) -> None:
         """Write the checkpoint atomically (main process only); the best epoch is also ``ckpt.best.pth.tar``."""
-        if self.ckpt_dir is None or not distributed.is_main():
+        if not self.writes_checkpoints:
             return
+        state = self.checkpoint_state()
+        self._ensure_space(state)
         path = self.checkpoint_path(self.state.epoch)
-        save_checkpoint(self.checkpoint_state(), path,
-                        os.path.join(self.ckpt_dir, "ckpt.best.pth.tar") if is_best else None)
+        save_checkpoint(state, path, self.best_path if is_best else None)
         self.last_saved = path
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -153,6 +186,20 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train from ``state.epoch`` to ``config.epochs``; returns the final summary (last and best)."""
+        own_lock = self.writes_checkpoints and os.path.realpath(self.ckpt_dir) != os.path.realpath(self.run.dir)
+        if own_lock:
+            runlock.acquire(self.ckpt_dir)
+        try:
+            return self._fit()
+        finally:
+            if own_lock:
+                runlock.release(self.ckpt_dir)
+
+    def _fit(self) -> dict:
+        if self.writes_checkpoints:
+            runlock.remove_stale_temporaries(self.ckpt_dir)
+            self._ensure_space(self.checkpoint_state())
+        self.run.restore(self.state.records)
         for epoch in range(self.state.epoch, self.config.epochs):
             start = time.perf_counter()
             record = {"epoch": epoch, **self.train_epoch(epoch)}  # ends with a host sync: timings are real
@@ -169,6 +216,7 @@ class Trainer:
                     self.state.best_acc1, self.state.best_epoch = metrics["top1"], epoch
                     self.state.best = dict(metrics, epoch=epoch)
             record["best_acc1"] = self.state.best_acc1
+            self.state.records.append(record)
             if self.state.epoch % self.config.save_every == 0 or self.state.epoch == self.config.epochs:
                 self._check_state_finite(epoch)
                 self.save(is_best)
