@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_run_args(p, exp_str="ss_pretrained")
     config.add_speed_args(p)
     config.add_eval_args(p)
+    config.add_subset_args(p)
     return p
 
 
@@ -37,8 +38,9 @@ def main(argv=None):
     args = config.parse(build_parser(), argv)
     spec = DATASETS[args.dataset]
     data = config.dataset_kwargs(args)
+    test_set, val_set = spec.build_eval(val_split=args.val_split, **data)
     return run_classification(config.classifier_run(args, RUN.run_name(vars(args))), spec, spec.build("train", **data),
-                              spec.build(spec.eval_split, **data))
+                              test_set, val_set=val_set)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_run_args(p, exp_str=None)
     config.add_speed_args(p)
     config.add_eval_args(p)
+    config.add_subset_args(p, subset_file=False)
     g = p.add_argument_group("semi-supervised")
     g.add_argument("--imb_factor_unlabel", type=float, default=0.01,
                    help="imbalance factor 1/rho_U of the unlabeled set D_U (0.01 = rho_U 100)")
@@ -95,8 +96,9 @@ def validate(args: argparse.Namespace) -> None:
 def main(argv=None):
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
-    return run_classification(config.classifier_run(args, RUN.run_name(vars(args))), spec, train_set(args),
-                              spec.build(spec.eval_split, **config.dataset_kwargs(args)))
+    test_set, val_set = spec.build_eval(val_split=args.val_split, **config.dataset_kwargs(args))
+    return run_classification(config.classifier_run(args, RUN.run_name(vars(args))), spec, train_set(args), test_set,
+                              val_set=val_set)
 
 
 if __name__ == "__main__":

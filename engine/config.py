@@ -46,6 +46,27 @@ def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: 
                    help="download the dataset into --data_path when its files are missing (as upstream)")
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def add_subset_args(p: argparse.ArgumentParser, subset_file: bool = True) -> None:
+    """--val_split (model selection on a validation part of the test split) and --subset_file (train on an
+    exported index list): engine/data/subsets.py."""
+    g = p.add_argument_group("subsets and model selection")
+    g.add_argument("--val_split", type=non_negative_int, default=0, metavar="K",
+                   help="hold out K images per class of the test split (seeded by --rand_number) as a validation "
+                        "part: both parts are evaluated every epoch and the epoch of best validation top-1 is "
+                        "reported beside the last and the test-selected best (0: the papers' protocol)")
+    if subset_file:
+        g.add_argument("--subset_file", default=None, metavar="FILE",
+                       help="train on the training-split indices of FILE (a run's subsets.json, a JSON list or a "
+                            "text file of indices) instead of drawing the long-tailed subset")
+
+
 def add_unlabeled_source_arg(p) -> None:
     """--unlabeled_source: the pool of a data set with several (engine.data.datasets.DatasetSpec.pools)."""
     p.add_argument("--unlabeled_source", default=None, choices=unlabeled_source_choices(),
@@ -55,7 +76,8 @@ def add_unlabeled_source_arg(p) -> None:
 
 
 # Parsed flags -> DatasetSpec keywords (the flags a script has; the rest keep the spec's defaults).
-DATASET_FLAGS = ("data_path", "imb_type", "imb_factor", "rand_number", "download", "crop_size", "resize_size")
+DATASET_FLAGS = ("data_path", "imb_type", "imb_factor", "rand_number", "download", "crop_size", "resize_size",
+                 "subset_file")
 SEMI_FLAGS = ("imb_factor_unlabel", "unlabeled_source", "pseudo_label_file", "unlabel_size_factor", "labeled_max",
               "unlabeled_max")
 LOADER_FLAGS = ("batch_size", "eval_batch_size", "loader", "workers", "channels_last")

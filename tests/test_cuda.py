@@ -384,7 +384,7 @@ def test_checkpoint_written_on_cuda_loads_on_the_cpu_and_back(tmp_path, determin
                            trainer_args(epochs=2), counts, ckpt_dir=str(tmp_path / "ckpt"), meta=meta)
     trainer.train_epoch(0)
     trainer.state.epoch = 1
-    trainer.save(is_best=True)
+    trainer.save((True, False))
     ckpt = load_checkpoint(str(tmp_path / "ckpt" / "ckpt.pth.tar"))
     state = [t for s in ckpt["optimizer"]["state"].values() for t in s.values() if torch.is_tensor(t)]
     assert state and all(t.device == CPU for t in [*ckpt["state_dict"].values(), *state])

@@ -128,6 +128,8 @@ def scripts(cifar10_root, pseudo_file=None):
         "train_device": Script(train.main, lambda out: tiny_cifar(cifar10_root, out, "--loss_type", "LDAM",
                                                                   "--train_rule", "DRW", "--drw_epoch", "1"),
                                lambda out: only_folder(out / "ckpt")),
+        "train_val": Script(train.main, lambda out: tiny_cifar(cifar10_root, out, "--val_split", "5"),
+                            lambda out: only_folder(out / "ckpt")),
         "train_torch": Script(train.main, lambda out: tiny_cifar(cifar10_root, out, "--loader", "torch", "-j", "0"),
                               lambda out: only_folder(out / "ckpt")),
         "pretrain_rot": Script(pretrain_rot.main, lambda out: tiny_cifar(cifar10_root, out),
@@ -181,10 +183,11 @@ def folder_state(script: Script, out: Path) -> dict:
     ckpt_dir, log_dir = script.ckpt_dir(out), script.log_dir(out)
     leftovers = [p for d in (ckpt_dir, log_dir) for p in os.listdir(d) if p.startswith(".tmp")]
     assert not leftovers, f"temporary files left: {leftovers}"
+    assert script.best == os.path.exists(ckpt_dir / "ckpt.best.pth.tar")
     state = {"metrics": without_times(runlog.read_records(str(log_dir / "metrics.jsonl"))),
              "final": json.load(open(log_dir / "final.json")), "scalars": tensorboard_scalars(log_dir),
              "checkpoints": sorted(os.listdir(ckpt_dir))}
-    names = [script.latest(out)] + ([str(ckpt_dir / "ckpt.best.pth.tar")] if script.best else [])
+    names = [script.latest(out)] + sorted(glob.glob(str(ckpt_dir / "ckpt.*best.pth.tar")))
     for name in names:
         ckpt = load_checkpoint(name)
         state[os.path.basename(name)] = {
@@ -249,7 +252,7 @@ def test_every_write_point_of_train_py(cifar10_root, tmp_path, monkeypatch):
                                                                        "ckpt.best.pth.tar", "final.json"}
 
 
-@pytest.mark.parametrize("name", ["train_torch", "pretrain_rot", "pretrain_moco"])
+@pytest.mark.parametrize("name", ["train_val", "train_torch", "pretrain_rot", "pretrain_moco"])
 def test_last_epoch_write_points_of_the_other_scripts(name, cifar10_root, tmp_path, monkeypatch):
     kill_matrix(scripts(cifar10_root)[name], tmp_path, monkeypatch, select=last_epoch_writes)
 
@@ -389,3 +392,10 @@ def test_tensorboard_writes_one_event_file_with_per_class_scalars(cifar10_root, 
     per_class = [scalars[(f"acc/test_val_cls_acc/{i}", 0)] for i in range(10)]
     assert per_class == pytest.approx([a for a in record["test"]["per_class"]], abs=1e-4)
     assert scalars[("acc/test_val_top1", 0)] == pytest.approx(record["test"]["top1"], abs=1e-4)
+
+
+def test_an_evaluation_creates_no_run_folder(cifar10_root, tmp_path):
+    train.main(tiny_cifar(cifar10_root, tmp_path / "trained", "--epochs", "1"))
+    (ckpt,) = glob.glob(str(tmp_path / "trained" / "ckpt" / "*" / "ckpt.pth.tar"))
+    train.main(tiny_cifar(cifar10_root, tmp_path / "eval", "-e", "--resume", ckpt))
+    assert not (tmp_path / "eval").exists()

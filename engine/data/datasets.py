@@ -47,6 +47,7 @@ from engine.data.loaders import DeviceLoader, TorchLoader
 from engine.data.longtail import (check_imb_factor, get_img_num_per_cls, long_tail_indices, select_unlabeled,
                              unlabeled_counts)
 from engine.data.pseudolabel_files import BELOW_THRESHOLD, read_pseudo_labels, resolve_pseudo_label_file
+from engine.data.subsets import check_unique, holdout, read_subset_file
 from registry import Registry
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -148,35 +149,66 @@ class DatasetSpec:
         counts = get_img_num_per_cls(img_max, self.num_classes, imb_type, imb_factor)
         return long_tail_indices(labels, self.class_order or range(self.num_classes), counts, rand_number)
 
-    def arrays(self, split: str, *, data_path: str, imb_type: str = "exp", imb_factor: float = 0.01,
-               rand_number: int = 0, download: bool = False, img_max: float | None = None) -> Arrays:
-        """(images, labels, class names) of ``split``: the training split long-tailed (Cao et al. 2019,
-        docs/protocols.md#long-tailed-subsets; ``img_max`` replaces n_max), any other split whole."""
+    def indexed_arrays(self, split: str, *, data_path: str, imb_type: str = "exp", imb_factor: float = 0.01,
+                       rand_number: int = 0, download: bool = False, img_max: float | None = None,
+                       subset_file: str | None = None, val_split: int = 0, val_part: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+        """``arrays`` with the indices into ``split`` of the images kept (engine/data/subsets.py: provenance).
+
+        Training split: the long-tailed draw, or the images ``subset_file`` lists. Other splits: whole, or with
+        ``val_split`` K > 0 split in two: K images per class held out (seeded by ``rand_number``) form the
+        validation part (``val_part=True``), the rest the test part."""
         check_imb_factor(imb_factor)
         self._check_split(split)
         data, labels, classes = self._read(data_path, split, download)
         if split == "train":
-            keep = self._long_tail(labels, imb_type, imb_factor, rand_number, img_max)
-            data, labels = data[keep], labels[keep]
-        return data, labels, classes
+            keep = (read_subset_file(subset_file, labels, self.num_classes) if subset_file else
+                    self._long_tail(labels, imb_type, imb_factor, rand_number, img_max))
+            check_unique(keep, f"the training subset of --dataset {self.name}")
+        elif val_split:
+            kept, held = holdout(labels, val_split, rand_number, self.num_classes)
+            keep = held if val_part else kept
+        else:
+            keep = np.arange(len(labels))
+        return data[keep], labels[keep], classes, keep
+
+    def arrays(self, split: str, **draw) -> Arrays:
+        """(images, labels, class names) of ``split``: the training split long-tailed (Cao et al. 2019,
+        docs/protocols.md#long-tailed-subsets; ``img_max`` replaces n_max), any other split whole (keywords of
+        ``indexed_arrays``)."""
+        return self.indexed_arrays(split, **draw)[:3]
 
     def build(self, split: str, *, data_path: str, imb_type: str = "exp", imb_factor: float = 0.01,
               rand_number: int = 0, download: bool = False, img_max: float | None = None, transform=None,
               list_file: str | None = None, augment: bool | None = None, crop_size: int = 224,
-              resize_size: int = 256, decode: str = "tensor", num_classes: int | None = None):
-        """The ``split`` data set. In-memory: an ``ImageArrayDataset`` of ``arrays(...)`` with the PIL
-        ``transform``. Split files: a ``ListDataset`` of ``list_file`` (default: the reference's split file)
-        under ``data_path``, with ``transform`` or the reference pipeline (``augment``: its training version,
-        default for the train split; ``crop_size``/``resize_size``), images decoded as ``decode``; its
-        ``num_classes`` defaults to the largest label + 1."""
+              resize_size: int = 256, decode: str = "tensor", num_classes: int | None = None,
+              subset_file: str | None = None, val_split: int = 0, val_part: bool = False):
+        """The ``split`` data set. In-memory: an ``ImageArrayDataset`` of ``indexed_arrays(...)`` with the PIL
+        ``transform`` (``.indices``: its images' indices into the split). Split files: a ``ListDataset`` of
+        ``list_file`` (default: the reference's split file) under ``data_path``, with ``transform`` or the
+        reference pipeline (``augment``: its training version, default for the train split;
+        ``crop_size``/``resize_size``), images decoded as ``decode``; its ``num_classes`` defaults to the largest
+        label + 1."""
         if self.in_memory:
-            return ImageArrayDataset(*self.arrays(split, data_path=data_path, imb_type=imb_type,
-                                                  imb_factor=imb_factor, rand_number=rand_number,
-                                                  download=download, img_max=img_max), transform=transform)
+            *arrays, indices = self.indexed_arrays(split, data_path=data_path, imb_type=imb_type,
+                                                   imb_factor=imb_factor, rand_number=rand_number, download=download,
+                                                   img_max=img_max, subset_file=subset_file, val_split=val_split,
+                                                   val_part=val_part)
+            return ImageArrayDataset(*arrays, transform=transform, indices=indices)
+        if subset_file or val_split:
+            raise ValueError(f"--subset_file and --val_split are for the in-memory data sets; --dataset {self.name} "
+                             "has split files: pass the lists (its val list serves for selection)")
         if transform is None:
             transform = list_transform(self, split == "train" if augment is None else augment, crop_size, resize_size)
         return ListDataset(data_path, list_file or self.reference_list_file(split), transform, num_classes,
                            decode=decode)
+
+    def build_eval(self, *, val_split: int = 0, **kwargs):
+        """(test set, validation set or None) of ``eval_split``: with ``val_split`` K > 0, K images per class are
+        held out of it as the validation part (``build``'s keywords)."""
+        if not val_split:
+            return self.build(self.eval_split, **kwargs), None
+        return tuple(self.build(self.eval_split, val_split=val_split, val_part=part, **kwargs) for part in (False, True))
 
     # -- semi-supervised sets --------------------------------------------------------------------------------
     def unlabeled_source(self, source: str | None) -> str | None:

@@ -12,15 +12,17 @@ from torch.utils.data import Dataset
 
 class ImageArrayDataset(Dataset):
     """In-memory images: ``.data`` uint8 (N, H, W, 3) HWC, ``.targets`` list of int, ``.classes``,
-    ``.num_classes``; items are (transform(PIL image), target_transform(target))."""
+    ``.num_classes``, ``.indices`` (the images' indices into the split they come from, when known); items are
+    (transform(PIL image), target_transform(target))."""
 
-    def __init__(self, data, targets, classes, transform=None, target_transform=None):
+    def __init__(self, data, targets, classes, transform=None, target_transform=None, indices=None):
         self.data = np.ascontiguousarray(data, dtype=np.uint8)
         self.targets = np.asarray(targets, np.int64).tolist()
         self.classes = list(classes)
         self.num_classes = len(self.classes)
         self.transform = transform
         self.target_transform = target_transform
+        self.indices = None if indices is None else np.asarray(indices, np.int64)
 
     def __len__(self):
         return len(self.targets)

@@ -9,6 +9,7 @@ the shifted-prior protocol), resume, the training loop, and the final report.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,7 +23,8 @@ from engine.train import distributed
 from engine.train.checkpoint import load_checkpoint, load_model_weights, load_pretrained_backbone
 from engine.data.datasets import DatasetSpec, make_loader
 from engine.eval.metrics import evaluate, format_metrics
-from engine.train.runlog import RunLog
+from engine.data import subsets
+from engine.train.runlog import RunLog, write_json
 from engine.eval.shifted import run_shifted_eval
 from engine.methods import Classification, Method
 from engine.train.schedules import LRSchedule
@@ -83,12 +85,12 @@ class Experiment:
         self.run = RunLog(log_dir, None if record is None else dict(record, seed=self.seed), tensorboard=tensorboard)
 
     def fit(self, method: Method, optimizer: torch.optim.Optimizer, loader, schedule: Callable[[int], float],
-            loop: LoopConfig, ckpt_dir: str | None, meta: dict, evaluate: Callable[[], dict | None] | None = None
-            ) -> dict:
+            loop: LoopConfig, ckpt_dir: str | None, meta: dict, evaluate: Callable[[], dict | None] | None = None,
+            final: dict | None = None) -> dict:
         """Train ``method`` (continuing the resumed run; its weights are loaded by the caller) and return the
-        summary: last and best epoch."""
+        summary: last and best epoch (plus ``final``'s entries, which final.json records too)."""
         trainer = Trainer(method, optimizer, loader, schedule, loop, self.run, ckpt_dir, dict(meta, seed=self.seed),
-                          evaluate=evaluate)
+                          evaluate=evaluate, final=final)
         if self.resume is not None:
             trainer.restore(self.resume, self.resume_path)
             self.run.print(f"=> resumed {self.resume_path} at epoch {trainer.state.epoch} "
@@ -180,18 +182,46 @@ def evaluate_checkpoint(cfg: ClassifierRun, exp: Experiment, model, test_loader,
     return metrics
 
 
+def subset_parts(train_set, test_set, val_set, num_classes: int) -> dict:
+    """The provenance records (``engine.data.subsets.part_record``) of a run's subsets whose indices are known:
+    the training subset (for a semi-supervised set, its labeled part, and its unlabeled draw from the pool with
+    the pseudo-label counts), the test part and the validation part."""
+    def record(indices, targets):
+        return subsets.part_record(indices, targets, num_classes)
+
+    parts = {}
+    targets = np.asarray(train_set.targets)
+    if getattr(train_set, "labeled_indices", None) is not None:
+        n = train_set.num_labeled
+        parts["train"] = record(train_set.labeled_indices, targets[:n])
+        parts["unlabeled"] = record(train_set.unlabeled_indices, targets[n:])
+    elif getattr(train_set, "indices", None) is not None:
+        parts["train"] = record(train_set.indices, targets)
+    for name, dataset in (("test", test_set), ("val", val_set)):
+        if getattr(dataset, "indices", None) is not None:
+            parts[name] = record(dataset.indices, dataset.targets)
+    return parts
+
+
 def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_set,
-                       method_class: type[Classification] = Classification) -> dict:
+                       method_class: type[Classification] = Classification, val_set=None) -> dict:
     """Train (or with ``cfg.evaluate`` evaluate) a classifier of ``train_set``; returns the summary or the
     evaluation.
 
     ``method_class``: ``Classification`` or a subclass (``RotationPrediction`` replaces the batches; a method
-    with ``views`` > 1 gets that many views of each image). Under torchrun every process uses rank 0's seed and
-    the model is wrapped in DistributedDataParallel.
+    with ``views`` > 1 gets that many views of each image). ``val_set``: a validation part, evaluated every epoch
+    beside ``test_set`` for model selection (the summary's ``val_selected``). Under torchrun every process uses
+    rank 0's seed and the model is wrapped in DistributedDataParallel. A training run writes its subsets'
+    indices to ``subsets.json`` in its log folder, their SHA-256 in args.yaml and final.json.
     """
-    exp = Experiment(log_dir=cfg.log_dir, record=None if cfg.evaluate else cfg.record, device=cfg.device,
-                     seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate)
+    parts = subset_parts(train_set, test_set, val_set, spec.num_classes)
+    hashes = {name: part["sha256"] for name, part in parts.items()}
+    exp = Experiment(log_dir=cfg.log_dir, record=None if cfg.evaluate else dict(cfg.record, subset_sha256=hashes),
+                     device=cfg.device, seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate)
     device, run = exp.device, exp.run
+    if not cfg.evaluate and run.enabled:
+        write_json(os.path.join(run.dir, subsets.FILE), {"format": subsets.FORMAT, "dataset": spec.name,
+                                                         "parts": parts})
     if cfg.evaluate:
         check_trained_loss(cfg, exp.resume)
     cls_num_list = train_set.get_cls_num_list()
@@ -200,8 +230,15 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
     adjustment = losses.posthoc_adjustment(cfg.posthoc, cls_num_list, cfg.tau, list(cfg.target_prior),
                                            losses.trained_prior_scale(cfg.loss_type, cfg.tau))
     adjustment = None if adjustment is None else adjustment.to(device)
-    evaluate_fn = lambda: evaluate(model, test_loader, spec.num_classes, cls_num_list,  # noqa: E731
-                                   logit_adjustment=adjustment, amp=cfg.amp)
+    val_loader = None if val_set is None else make_loader(val_set, spec, device, train=False, **cfg.loader)
+
+    def evaluate_fn() -> dict:
+        test = evaluate(model, test_loader, spec.num_classes, cls_num_list, logit_adjustment=adjustment, amp=cfg.amp)
+        if val_loader is not None:
+            test["val"] = evaluate(model, val_loader, spec.num_classes, cls_num_list, logit_adjustment=adjustment,
+                                   amp=cfg.amp)
+        return test
+
     if cfg.evaluate:
         return evaluate_checkpoint(cfg, exp, model, test_loader, cls_num_list, evaluate_fn)
 
@@ -224,9 +261,13 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
     run.print(f"=> {cfg.name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {exp.seed}, "
               f"device {device}")
     summary = exp.fit(method, optimizer, train_loader, cfg.schedule, cfg.loop, cfg.ckpt_dir, meta,
-                      evaluate=evaluate_fn)
+                      evaluate=evaluate_fn, final={"subset_sha256": hashes, "cls_num_list": list(cls_num_list)})
     if summary["last"]:
         print_report(run, f"Last epoch ({summary['epochs']})", summary["last"])
+        if "val_selected" in summary:
+            print_report(run, f"Epoch selected on the validation part ({summary['val_selected']['epoch'] + 1}; "
+                              f"val Prec@1 {summary['val_selected']['val_top1']:.3f}), on the test part",
+                         summary["val_selected"])
         print_report(run, f"Best epoch ({summary['best_epoch'] + 1}, selected on the test set as in the papers)",
                      summary["best"])
     exp.close()

@@ -44,15 +44,38 @@ class TrainState:
     best: dict = field(default_factory=dict)
     last: dict = field(default_factory=dict)
     records: list = field(default_factory=list)  # every epoch's record so far: the log is rebuilt from them
+    val_best_acc1: float = 0.0          # with a validation part: the epoch selected on it
+    val_best_epoch: int = -1
+    val_selected: dict = field(default_factory=dict)  # that epoch's test metrics, and its val_top1
+
+    def select(self, metrics: dict, val: dict | None, epoch: int) -> tuple[bool, bool]:
+        """Record an evaluated epoch; returns whether it is the best on the test set, and on the validation part.
+        Ties keep the earlier epoch."""
+        self.last = dict(metrics, epoch=epoch)
+        is_best = metrics["top1"] > self.best_acc1 or self.best_epoch < 0
+        if is_best:
+            self.best_acc1, self.best_epoch, self.best = metrics["top1"], epoch, dict(metrics, epoch=epoch)
+        is_val_best = val is not None and (val["top1"] > self.val_best_acc1 or self.val_best_epoch < 0)
+        if is_val_best:
+            self.val_best_acc1, self.val_best_epoch = val["top1"], epoch
+            self.val_selected = dict(metrics, epoch=epoch, val_top1=val["top1"])
+        return is_best, is_val_best
+
+
+PROGRESS = ("best_acc1", "best_epoch", "best", "last", "records", "val_best_acc1", "val_best_epoch", "val_selected")
+SELECTED_FILES = {"best_epoch": "ckpt.best.pth.tar", "val_best_epoch": "ckpt.val_best.pth.tar"}
 
 
 class Trainer:
     """Runs ``config.epochs`` epochs of ``method`` over ``loader`` with the learning rate ``schedule(epoch)``.
 
     ``evaluate()`` returns a metrics dict with ``top1`` (or None to skip); the best epoch is the one with
-    the highest ``top1`` (on the test set for CIFAR/SVHN, as the papers do: reported with the last epoch).
+    the highest ``top1`` (on the test set for CIFAR/SVHN, as the papers do: reported with the last epoch). When
+    the dict holds a ``val`` entry (the metrics of a validation part), the epoch with the highest validation top-1
+    is selected too (``val_selected``: its test metrics; checkpoint ``ckpt.val_best.pth.tar``).
     ``checkpoint_meta`` is stored in every checkpoint (arch, num_classes, use_norm, args...); checkpoints go to
-    ``ckpt_dir`` (None: none are written) under the method's file name.
+    ``ckpt_dir`` (None: none are written) under the method's file name. ``final``: entries the summary (and
+    final.json) carries besides the results (e.g. the subsets' hashes).
 
     The run folder is kept as one consistent state whatever instant the process is killed at: an epoch writes
     its checkpoint (which carries every epoch record), then the best copy, then the ``metrics.jsonl`` line and
@@ -63,10 +86,10 @@ class Trainer:
 
     def __init__(self, method: Method, optimizer: torch.optim.Optimizer, loader: Iterable,
                  schedule: Callable[[int], float], config: LoopConfig, run: RunLog, ckpt_dir: str | None,
-                 checkpoint_meta: dict, evaluate: Callable[[], dict | None] | None = None):
+                 checkpoint_meta: dict, evaluate: Callable[[], dict | None] | None = None, final: dict | None = None):
         self.method, self.optimizer, self.loader, self.schedule = method, optimizer, loader, schedule
         self.config, self.run, self.ckpt_dir, self.meta = config, run, ckpt_dir, checkpoint_meta
-        self.evaluate = evaluate
+        self.evaluate, self.final = evaluate, dict(final or {})
         self.state = TrainState(epoch=config.start_epoch)
         self.last_saved = ""
 
@@ -78,16 +101,10 @@ class Trainer:
     def writes_checkpoints(self) -> bool:
         return self.ckpt_dir is not None and distributed.is_main()
 
-    @property
-    def best_path(self) -> str:
-        return os.path.join(self.ckpt_dir, "ckpt.best.pth.tar")
-
     def checkpoint_state(self) -> dict:
         """Everything a checkpoint holds: the meta data, weights, optimizer, progress and the epoch records."""
         return dict(self.meta, epoch=self.state.epoch, state_dict=self.method.state_dict(),
-                    optimizer=self.optimizer.state_dict(), best_acc1=self.state.best_acc1,
-                    best_epoch=self.state.best_epoch, best=self.state.best, last=self.state.last,
-                    records=self.state.records)
+                    optimizer=self.optimizer.state_dict(), **{k: getattr(self.state, k) for k in PROGRESS})
 
     def restore(self, ckpt: dict, source: str) -> None:
         """Continue the run saved in ``ckpt`` (read from the file ``source``): optimizer, epoch, best so far and
@@ -95,11 +112,15 @@ class Trainer:
         of the best epoch, it is also the best copy (a kill may have come between writing the two)."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
         epoch = int(ckpt["epoch"])
-        self.state = TrainState(epoch=epoch, best_acc1=float(ckpt.get("best_acc1", 0.0)),
-                                best_epoch=int(ckpt.get("best_epoch", -1)), best=ckpt.get("best", {}),
-                                last=ckpt.get("last", {}), records=self._records_of(ckpt, epoch))
-        if self.writes_checkpoints and self.state.best_epoch == epoch - 1 >= 0:
-            copy_file(source, self.best_path)
+        defaults = TrainState()
+        self.state = TrainState(epoch=epoch, **{k: ckpt.get(k) if ckpt.get(k) is not None else getattr(defaults, k)
+                                                for k in PROGRESS if k != "records"},
+                                records=self._records_of(ckpt, epoch))
+        self.state.best_acc1 = float(self.state.best_acc1)  # a 0-dim tensor in the papers' released checkpoints
+        self.state.best_epoch, self.state.val_best_epoch = int(self.state.best_epoch), int(self.state.val_best_epoch)
+        for key, name in SELECTED_FILES.items():
+            if self.writes_checkpoints and getattr(self.state, key) == epoch - 1 >= 0:
+                copy_file(source, os.path.join(self.ckpt_dir, name))
 
     def _records_of(self, ckpt: dict, epoch: int) -> list:
         """The checkpoint's epoch records; a checkpoint written before they were stored gets them from the log."""
@@ -113,14 +134,18 @@ class Trainer:
         size = os.path.getsize(self.last_saved) if self.last_saved else state_bytes(state)
         ensure_space(self.ckpt_dir, int(size * 1.05) + 2 ** 20)
 
-    def save(self, is_best: bool) -> None:
-        """Write the checkpoint atomically (main process only); the best epoch is also ``ckpt.best.pth.tar``."""
+    def save(self, selected: tuple[bool, bool] = (False, False)) -> None:
+        """Write the checkpoint atomically (main process only); the best epoch on the test set is also
+        ``ckpt.best.pth.tar``, the one on the validation part ``ckpt.val_best.pth.tar``."""
         if not self.writes_checkpoints:
             return
         state = self.checkpoint_state()
         self._ensure_space(state)
         path = self.checkpoint_path(self.state.epoch)
-        save_checkpoint(state, path, self.best_path if is_best else None)
+        save_checkpoint(state, path)
+        for chosen, name in zip(selected, SELECTED_FILES.values()):
+            if chosen:
+                copy_file(path, os.path.join(self.ckpt_dir, name))
         self.last_saved = path
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -207,19 +232,19 @@ class Trainer:
             metrics = self.evaluate() if self.evaluate is not None else None
             record["time_epoch"] = time.perf_counter() - start
             self.state.epoch = epoch + 1
-            is_best = False
+            selected = (False, False)
             if metrics is not None:
+                metrics = dict(metrics)
+                val = metrics.pop("val", None)
                 record["test"] = metrics
-                self.state.last = dict(metrics, epoch=epoch)
-                is_best = metrics["top1"] > self.state.best_acc1 or self.state.best_epoch < 0
-                if is_best:
-                    self.state.best_acc1, self.state.best_epoch = metrics["top1"], epoch
-                    self.state.best = dict(metrics, epoch=epoch)
+                if val is not None:
+                    record["val"] = val
+                selected = self.state.select(metrics, val, epoch)
             record["best_acc1"] = self.state.best_acc1
             self.state.records.append(record)
             if self.state.epoch % self.config.save_every == 0 or self.state.epoch == self.config.epochs:
                 self._check_state_finite(epoch)
-                self.save(is_best)
+                self.save(selected)
             self.run.epoch(record)
             self._print_epoch(record)
         summary = self.summary()
@@ -230,11 +255,18 @@ class Trainer:
         line = f"Epoch [{record['epoch'] + 1}/{self.config.epochs}] lr {record['lr']:.5f}  train " + " ".join(
             f"{'acc' if name == 'top1' else name} {record['train_' + name]:.{2 if name == 'top1' else 4}f}"
             for name in self.method.metric_names)
+        if "val" in record:
+            line += f" | val Prec@1 {record['val']['top1']:.3f}"
         if "test" in record:
             line += f" | test {format_metrics(record['test'])} | best Prec@1 {self.state.best_acc1:.3f}"
         self.run.print(line)
 
     def summary(self) -> dict:
-        return {"epochs": self.state.epoch, "last": self.state.last, "best": self.state.best,
-                "best_epoch": self.state.best_epoch,
-                "selection": "best = highest test top-1 over epochs (the papers' protocol); last = final epoch"}
+        out = {**self.final, "epochs": self.state.epoch, "last": self.state.last, "best": self.state.best,
+               "best_epoch": self.state.best_epoch,
+               "selection": "best = highest test top-1 over epochs (the papers' protocol); last = final epoch"}
+        if self.state.val_best_epoch >= 0:
+            out["val_selected"] = self.state.val_selected
+            out["selection"] += ("; val_selected = the epoch of highest top-1 on the validation part (its test-part "
+                                 "metrics): the number to report when the test set must not choose the model")
+        return out
