@@ -299,6 +299,24 @@ def test_synthetic_table_runs_reports_and_skips(cifar10_root, tmp_path):
     assert {m: os.path.getmtime(m) for m in mtimes} == mtimes
 
 
+def test_a_table_with_a_validation_split_reports_the_three_numbers(cifar10_root, tmp_path):
+    spec = write_spec(tmp_path, "withval", seeds=[0], compare="val",
+                      defaults={"arch": "resnet20", "batch_size": 64, "epochs": 2, "eval_batch_size": 200,
+                                "val_split": 5},
+                      rows=[{"key": "CE", "label": "CE", "overrides": {"loss_type": "CE"},
+                             "paper": {"c10": {"value": 80.0, "source": "paper", "tag": "R"}}}])
+    out = tmp_path / "results"
+    assert not reproduce.main([spec, "--data_path", cifar10_root, "--out", str(out), "--device", "cpu"]).failed
+    plan = tables.expand(tables.load_table(spec), [0], out=str(out), data_path=cifar10_root, device="cpu")
+    final = json.load(open(plan.cells[("CE", "c10")][0].marker))
+    line = read_csv(out / "withval.csv")[("CE", "c10")]
+    for which, key in (("last", "last"), ("val", "val_selected"), ("best", "best")):
+        assert float(line[f"{which}_mean"]) == pytest.approx(100.0 - final[key]["top1"], abs=1e-4)
+    assert float(line["diff_ours_minus_paper"]) == pytest.approx(float(line["val_mean"]) - 80.0, abs=1e-3)
+    markdown = (out / "withval.md").read_text()
+    assert "| ours: last | ours: val-selected | ours: best |" in markdown and "`--val_split`" in markdown
+
+
 def test_failed_stage_is_reported_and_blocks_its_pipeline(cifar10_root, tmp_path):
     """The first stage diverges (lr 1e30: the loss turns non-finite at the first step) and fails; the second is
     not run, the report is still written and the run counts as failed."""

@@ -20,12 +20,17 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+SELECTIONS = ("last", "val", "best")  # final epoch, selected on the validation part, selected on the test set
+FINAL_KEYS = {"last": "last", "val": "val_selected", "best": "best"}
+
+
 def read_final(path: str, metric: str) -> dict[str, float]:
-    """Our numbers of one finished run in the table's metric: {'last': ..., 'best': ...}."""
+    """Our numbers of one finished run in the table's metric: {'last': ..., 'best': ...}, and 'val' when the run
+    selected an epoch on a validation part (--val_split)."""
     with open(path) as f:
         final = json.load(f)
     convert = METRICS[metric].from_top1
-    return {which: convert(float(final[which]["top1"])) for which in ("last", "best")}
+    return {which: convert(float(final[key]["top1"])) for which, key in FINAL_KEYS.items() if final.get(key)}
 
 
 def collect(plan: Plan) -> list[dict]:
@@ -37,14 +42,13 @@ def collect(plan: Plan) -> list[dict]:
             runs = plan.cells[(row.key, column.key)]
             results = {seed: read_final(job.marker, plan.table.metric) for seed, job in runs.items()
                        if job.finished()}
-            last = _mean_std([r["last"] for r in results.values()])
-            best = _mean_std([r["best"] for r in results.values()])
+            stats = {which: _mean_std([r[which] for r in results.values() if which in r]) for which in SELECTIONS}
             paper = row.paper.get(column.key)
-            ours = (best if plan.table.compare == "best" else last)[0]
+            ours = stats[plan.table.compare][0]
             records.append({
                 "row": row.key, "row_label": row.label, "column": column.key, "column_label": column.label,
                 "seeds": sorted(results), "missing_seeds": sorted(set(runs) - set(results)),
-                "last_mean": last[0], "last_std": last[1], "best_mean": best[0], "best_std": best[1],
+                **{f"{which}_{part}": value for which, pair in stats.items() for part, value in zip(("mean", "std"), pair)},
                 "paper": paper,
                 "diff": (ours - paper.value) if paper and ours is not None else None,
             })
@@ -72,6 +76,9 @@ def _signed(value: float | None) -> str:
     return DASH if value is None else f"{value:+.2f}"
 
 
+SELECTION_LABELS = {"last": "last", "val": "val-selected", "best": "best"}
+
+
 def report_markdown(plan: Plan, records: list[dict], result: RunResult | None = None) -> str:
     table, metric = plan.table, METRICS[plan.table.metric]
     finished = sum(job.finished() for job in plan.jobs)
@@ -94,19 +101,24 @@ def report_markdown(plan: Plan, records: list[dict], result: RunResult | None = 
     if result is not None and result.failed:
         lines += [f"**{len(result.failed)} run(s) failed** (see each run's `output.log`): "
                   + "; ".join(job.label for job in result.failed), ""]
+    shown = [w for w in SELECTIONS if w != "val" or any(r["val_mean"] is not None for r in records)]
     lines += ["Ours: mean ± sample standard deviation (ddof = 1) over the training seeds that finished "
-              f"({DASH} for a single seed). *last* = the final epoch; *best* = the epoch with the highest test "
-              f"top-1, i.e. selected on the test set as the papers do. Δ = ours ({compare}) − paper, in the "
-              f"metric's units ({'negative' if metric.lower_is_better else 'positive'} = ours better). Paper tags "
+              f"({DASH} for a single seed). *last* = the final epoch; "
+              + ("*val-selected* = the epoch with the highest top-1 on the validation part held out of the test "
+                 "split (`--val_split`), scored on the rest of the test split; " if "val" in shown else "")
+              + "*best* = the epoch with the highest test top-1, i.e. selected on the test set as the papers do. "
+              f"Δ = ours ({compare}) − paper, in the metric's units "
+              f"({'negative' if metric.lower_is_better else 'positive'} = ours better). Paper tags "
               "(docs/protocols.md#confidence-tags): " + "; ".join(f"[{t}] {d}" for t, d in TAGS.items()) + ".", "",
-              f"| method | setting | ours: last | ours: best | seeds | paper | source | Δ ({compare} − paper) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | setting | " + " | ".join(f"ours: {SELECTION_LABELS[w]}" for w in shown)
+              + f" | seeds | paper | source | Δ ({compare} − paper) |",
+              "|---|---|" + "---|" * len(shown) + "---|---|---|---|"]
     for r in records:
         paper = r["paper"]
         source = DASH if paper is None else paper.source + (f" ({paper.note})" if paper.note else "")
-        lines.append(f"| {r['row_label']} | {r['column_label']} | {_pm(r['last_mean'], r['last_std'])} | "
-                     f"{_pm(r['best_mean'], r['best_std'])} | {len(r['seeds'])} | {_paper_text(paper)} | {source} | "
-                     f"{_signed(r['diff'])} |")
+        lines.append(f"| {r['row_label']} | {r['column_label']} | "
+                     + " | ".join(_pm(r[f"{w}_mean"], r[f"{w}_std"]) for w in shown)
+                     + f" | {len(r['seeds'])} | {_paper_text(paper)} | {source} | {_signed(r['diff'])} |")
     by_cell = {(r["row"], r["column"]): r for r in records}
     lines += ["", f"## Grid: ours ({compare}, mean over seeds) / paper", "",
               "| method | " + " | ".join(c.label for c in table.columns) + " |",
@@ -128,7 +140,7 @@ def report_markdown(plan: Plan, records: list[dict], result: RunResult | None = 
 
 
 CSV_FIELDS = ["table", "row", "row_label", "column", "column_label", "metric", "n_seeds", "seeds",
-              "last_mean", "last_std", "best_mean", "best_std", "paper", "paper_tag", "paper_source",
+              "last_mean", "last_std", "val_mean", "val_std", "best_mean", "best_std", "paper", "paper_tag", "paper_source",
               "compared", "diff_ours_minus_paper", "rand_number", "data_path", "epochs"]
 
 
@@ -145,7 +157,7 @@ def report_rows(plan: Plan, records: list[dict]) -> list[dict]:
             "table": plan.table.name, "row": r["row"], "row_label": r["row_label"], "column": r["column"],
             "column_label": r["column_label"], "metric": plan.table.metric, "n_seeds": len(r["seeds"]),
             "seeds": " ".join(map(str, r["seeds"])),
-            **{k: _csv_num(r[k]) for k in ("last_mean", "last_std", "best_mean", "best_std")},
+            **{k: _csv_num(r[k]) for k in ("last_mean", "last_std", "val_mean", "val_std", "best_mean", "best_std")},
             "compared": plan.table.compare, "diff_ours_minus_paper": _csv_num(r["diff"]),
             "paper": "" if paper is None else f"{paper.value:g}", "paper_tag": "" if paper is None else paper.tag,
             "paper_source": "" if paper is None else paper.source, "rand_number": plan.table.rand_number,

@@ -12,7 +12,8 @@ Spec schema (unknown keys are errors, named with the file)::
     metric: error                   # error = 100 - top-1 (CIFAR/SVHN papers), accuracy = top-1 (LADE)
     rand_number: 0                  # seed of the long-tailed subset (docs/protocols.md#long-tailed-subsets), the same for every run
     seeds: [0, 1, 2]                # training seeds (--seed); `reproduce.py --seeds N` takes the first N
-    compare: best                   # optional: which of ours the difference uses, best (default) or last epoch
+    compare: best                   # optional: which of ours the difference uses: best (default), last or val
+                                    # (the epoch selected on a validation part: needs defaults: {val_split: K})
     notes: [...]                    # optional lines printed in the report
     defaults: {arch: resnet32}      # optional flags for every stage that inherits
     columns:
@@ -276,7 +277,7 @@ def load_table(name_or_path: str) -> Table:
     _require(obj["name"] == Path(path).stem, f"{path}: name", f"{obj['name']!r} must equal the file name")
     _require(obj["metric"] in METRICS, f"{path}: metric", f"{obj['metric']!r} must be one of {', '.join(METRICS)}")
     compare = obj.get("compare", "best")
-    _require(compare in ("best", "last"), f"{path}: compare", f"{compare!r} must be best or last")
+    _require(compare in ("best", "last", "val"), f"{path}: compare", f"{compare!r} must be best, last or val")
     _require(_is_int(obj["rand_number"]), f"{path}: rand_number", f"expected an integer, got {obj['rand_number']!r}")
     seeds = _list(obj, "seeds", path)
     _require(all(map(_is_int, seeds)) and len(set(seeds)) == len(seeds), f"{path}: seeds",
