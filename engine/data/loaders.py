@@ -10,10 +10,15 @@
   reference pipeline of the seed repository.
 
 Randomness is drawn from a generator re-seeded from (seed, epoch) at every epoch, so an epoch's batches
-do not depend on what ran before it: a resumed run sees exactly the batches of an unbroken one.
+do not depend on what ran before it: a resumed run sees exactly the batches of an unbroken one. The torch
+loader's transforms draw from the global generators of whichever worker runs them, so each sample comes with
+its own seed, drawn from (seed, epoch) for its position in the epoch's global order, and the generators are
+seeded with it before the sample is transformed: its augmentation depends neither on the past, nor on the
+number of workers, nor on the number of processes.
 """
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.train import distributed
 from engine.data.augment import crop_flip, draw_crop_flip, normalization, normalize
-from engine.data.samplers import default_sampler, epoch_seed
+from engine.data.samplers import default_sampler, epoch_seed, epoch_seeds
+
+AUGMENTATION_STREAM = 0x617567  # (seed, epoch, this): the samples' seeds, a stream apart from the epoch order's
 
 
 class DeviceLoader:
@@ -105,12 +112,67 @@ class DeviceLoader:
             yield x, labels[sl]
 
 
+class SeededSampler(Sampler):
+    """``sampler``'s indices, each paired with its augmentation seed: ``(index, seed)``.
+
+    The seed of the sample at position p of the epoch's global order is the p-th of ``epoch_seeds(.., seed, epoch,
+    AUGMENTATION_STREAM)``; rank r of W processes holds positions r, r + W, ... (the samplers' sharding), so a
+    sample is augmented alike whatever the number of processes.
+    """
+
+    def __init__(self, sampler: Sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        rank, world = distributed.rank(), distributed.world_size()
+        seeds = epoch_seeds(world * len(self.sampler), self.seed, self.epoch, AUGMENTATION_STREAM)[rank::world]
+        return zip(self.sampler, seeds.tolist())
+
+
+class SeededDataset(Dataset):
+    """``dataset`` indexed by ``(index, seed)``: torch's CPU generator and Python's ``random`` are seeded with
+    ``seed`` before ``dataset[index]`` (torchvision's random transforms draw from the former, MoCo's blur from
+    the latter), so an item depends on its seed alone, whichever worker process makes it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        return self.dataset[index]
+
+    def __getitems__(self, items):
+        # A batch at a time (DataLoader calls this when defined), so that the caller's generator states are
+        # restored once per batch: with workers=0 the training loop's own draws (MoCo's batch shuffle) are then
+        # those of a run with worker processes.
+        torch_state, python_state = torch.default_generator.get_state(), random.getstate()
+        try:
+            return [self[item] for item in items]
+        finally:
+            torch.default_generator.set_state(torch_state)
+            random.setstate(python_state)
+
+
 class TorchLoader:
     """A DataLoader over ``dataset`` that yields ``(x, y)`` moved to ``device`` (pinned, non-blocking).
 
     ``sampler``: any sampler with ``set_epoch`` (e.g. a class-aware one); by default a seeded shuffle, or
     weighted drawing when ``sample_weights`` is given; train=False keeps the dataset order (sharded across
-    processes under torchrun, nothing dropped).
+    processes under torchrun, nothing dropped). ``seed``: the default order's and the augmentation's
+    (``SeededSampler``): an epoch's batches depend on (seed, epoch) alone, for any number of ``workers``.
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, workers: int = 4,
@@ -118,18 +180,19 @@ class TorchLoader:
                  sampler: Sampler | None = None, channels_last: bool = False):
         if sampler is None:
             sampler = default_sampler(len(dataset), train, sample_weights, seed)
-        self.sampler, self.device = sampler, device
+        self.sampler, self.device = SeededSampler(sampler, seed), device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                                 num_workers=workers, pin_memory=device.type == "cuda", drop_last=drop_last,
-                                 persistent_workers=workers > 0)
+        # A generator of its own for the workers' base seed (unused: every item is seeded), which DataLoader
+        # would otherwise draw from the global one whenever it starts its workers.
+        self.loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=self.sampler,
+                                 shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+                                 drop_last=drop_last, persistent_workers=workers > 0, generator=torch.Generator())
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         for x, y in self.loader:

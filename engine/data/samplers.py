@@ -23,9 +23,15 @@ from torch.utils.data import Sampler
 from engine.train import distributed
 
 
+def epoch_seeds(count: int, seed: int, epoch: int, *more: int) -> np.ndarray:
+    """``count`` 63-bit seeds for (seed, epoch, *more) (uint64): distinct tuples give unrelated streams, and the
+    first k of ``count`` seeds do not depend on ``count``."""
+    return np.random.SeedSequence([seed, epoch, *more]).generate_state(count, dtype=np.uint64) >> np.uint64(1)
+
+
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
-    """A 63-bit seed for (seed, epoch, *more): distinct tuples give unrelated streams."""
-    return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    """The first of ``epoch_seeds`` for (seed, epoch, *more), a Python int."""
+    return int(epoch_seeds(1, seed, epoch, *more)[0])
 
 
 class EpochSampler(Sampler):
