@@ -214,7 +214,7 @@ def train_loader(dataset: ListDataset, args, device: torch.device, seed: int) ->
     sampler = build_sampler(args.sampler, dataset.targets, seed, args.samples_per_class)
     return TorchLoader(dataset, batch_size=distributed.per_process_batch(args.batch_size, "--batch_size"),
                        device=device, train=True, workers=args.workers, sampler=sampler, drop_last=True,
-                       channels_last=args.channels_last)
+                       channels_last=args.channels_last, seed=seed)
 
 
 # -- distributed helpers ------------------------------------------------------------------------------------

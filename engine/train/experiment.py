@@ -57,9 +57,9 @@ def start_process(device: torch.device) -> torch.device:
 def seed_run(seed: int | None, resume: dict | None, device: torch.device) -> int:
     """The run seed (``choose_seed``), rank 0's on every process, and seed the generators with it.
 
-    Loaders and samplers draw their orders from the returned seed itself; torch's global generator (model
-    init, DataLoader workers' augmentation) gets seed + rank so processes do not augment alike (DDP copies
-    rank 0's initial weights to every process). A given seed also makes cuDNN deterministic.
+    Loaders and samplers draw their orders and augmentations from the returned seed itself; torch's global
+    generator (model init) gets seed + rank (DDP copies rank 0's initial weights to every process), and the
+    Trainer reseeds it every epoch. A given seed also makes cuDNN deterministic.
     """
     chosen = distributed.shared_seed(choose_seed(seed, resume), device)
     seed_everything(chosen + distributed.rank(), deterministic=seed is not None)

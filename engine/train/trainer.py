@@ -179,7 +179,7 @@ class Trainer:
 
     def reseed(self, epoch: int) -> None:
         """Seed torch's and Python's global generators from (run seed, epoch, rank): what a method draws from them
-        (MoCo's batch shuffle, a DataLoader's worker seeds) then does not depend on the epochs before, so a resumed
+        (MoCo's batch shuffle, rotation labels) then does not depend on the epochs before, so a resumed
         run draws exactly what an unbroken one does."""
         seed = epoch_seed(int(self.meta.get("seed") or 0), epoch, distributed.rank())
         torch.manual_seed(seed)
