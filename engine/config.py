@@ -176,9 +176,20 @@ def schedule_from_args(args: argparse.Namespace) -> LRSchedule:
     return LRSchedule(args.lr_schedule, args.lr, args.epochs, **registry.kwargs_from(LRSchedule, vars(args)))
 
 
+def timeout_seconds(text: str) -> float:
+    """argparse type of --dist_timeout: seconds in ``distributed.check_timeout``'s range."""
+    seconds = float(text)
+    try:
+        distributed.check_timeout(seconds)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return seconds
+
+
 def add_process_args(g, gpu: int | None = 0, print_freq: int = 10, workers: int = 4,
                      config_flags: Sequence[str] = ("--config",), config_required: bool = False) -> None:
-    """The run flags every script has: the config file, the device, workers, progress period, resume and seed."""
+    """The run flags every script has: the config file, the device, workers, progress period, resume, seed
+    and the torchrun timeout."""
     g.add_argument(*config_flags, dest="config", default=None, required=config_required,
                    help="YAML file of flag values (command-line flags win)")
     g.add_argument("--gpu", default=gpu, type=int, help="CUDA device index")
@@ -189,6 +200,9 @@ def add_process_args(g, gpu: int | None = 0, print_freq: int = 10, workers: int 
                    help="progress-bar refresh period in steps")
     g.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume or evaluate")
     g.add_argument("--seed", default=None, type=int, help="training seed (model init, batch order, augmentation)")
+    g.add_argument("--dist_timeout", default=distributed.DEFAULT_TIMEOUT, type=timeout_seconds, metavar="SECONDS",
+                   help="under torchrun: a process that stops answering for this long (frozen, hung) ends the "
+                        "job with a message naming its rank")
 
 
 def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
@@ -424,8 +438,8 @@ def classifier_run(args: argparse.Namespace, name: str) -> ClassifierRun:
         loss_kwargs=registry_kwargs(losses.LOSSES, args.loss_type, args),
         rule_kwargs=registry_kwargs(losses.TRAIN_RULES, args.train_rule, args),
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, resume=args.resume,
-        evaluate=args.evaluate, pretrained_model=args.pretrained_model, amp=args.amp,
-        channels_last=args.channels_last, compile_mode=args.compile_mode if args.compile else None,
+        dist_timeout=args.dist_timeout, evaluate=args.evaluate, pretrained_model=args.pretrained_model,
+        amp=args.amp, channels_last=args.channels_last, compile_mode=args.compile_mode if args.compile else None,
         posthoc=getattr(args, "posthoc", "none"), tau=args.tau, target_prior=tuple(getattr(args, "target_prior", ())),
         shifted_eval=getattr(args, "shifted_eval", False), shifted_seed=getattr(args, "shifted_seed", 0))
 

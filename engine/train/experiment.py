@@ -49,9 +49,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def start_process(device: torch.device) -> torch.device:
-    """This process's device; under torchrun it first joins the process group (NCCL on GPUs, Gloo on CPUs)."""
-    return distributed.init(device.type) or device
+def start_process(device: torch.device, dist_timeout: float = distributed.DEFAULT_TIMEOUT) -> torch.device:
+    """This process's device; under torchrun it first joins the process group (NCCL on GPUs, Gloo on CPUs),
+    where a process that stops answering for ``dist_timeout`` seconds ends the job."""
+    return distributed.init(device.type, timeout=dist_timeout) or device
 
 
 def seed_run(seed: int | None, resume: dict | None, device: torch.device) -> int:
@@ -77,8 +78,8 @@ class Experiment:
     """
 
     def __init__(self, *, log_dir: str, record: dict | None, device: torch.device, seed: int | None = None,
-                 resume: str = "", tensorboard: bool = True):
-        self.device = start_process(device)
+                 resume: str = "", tensorboard: bool = True, dist_timeout: float = distributed.DEFAULT_TIMEOUT):
+        self.device = start_process(device, dist_timeout)
         self.resume_path = resume
         self.resume = load_checkpoint(resume) if resume else None
         self.seed = seed_run(seed, self.resume, self.device)
@@ -145,6 +146,7 @@ class ClassifierRun:
     weight_decay: float = 2e-4
     seed: int | None = None
     resume: str = ""
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT
     evaluate: bool = False
     pretrained_model: str = ""
     amp: bool = False
@@ -217,7 +219,8 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
     parts = subset_parts(train_set, test_set, val_set, spec.num_classes)
     hashes = {name: part["sha256"] for name, part in parts.items()}
     exp = Experiment(log_dir=cfg.log_dir, record=None if cfg.evaluate else dict(cfg.record, subset_sha256=hashes),
-                     device=cfg.device, seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate)
+                     device=cfg.device, seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate,
+                     dist_timeout=cfg.dist_timeout)
     device, run = exp.device, exp.run
     if not cfg.evaluate and run.enabled:
         write_json(os.path.join(run.dir, subsets.FILE), {"format": subsets.FORMAT, "dataset": spec.name,
