@@ -1,4 +1,4 @@
-"""Evaluation: top-k accuracy, per-class accuracy and many/medium/few-shot accuracy.
+"""Evaluation: top-k accuracy, per-class accuracy, many/medium/few-shot accuracy and calibration.
 
 Everything is accumulated on the device (a confusion matrix via ``bincount`` and running sums), so an
 evaluation pass synchronises with the host once, at its end.
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.eval.calibration import CalibrationSums
 from engine.train import distributed
 
 MANY_SHOT, FEW_SHOT = 100, 20
@@ -107,20 +108,24 @@ def collect_features(model: torch.nn.Module, batches: Iterable, amp: bool = Fals
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_counts: Sequence[int] | None = None,
-             logit_adjustment: torch.Tensor | None = None, amp: bool = False) -> dict:
+             logit_adjustment: torch.Tensor | None = None, amp: bool = False, confusion: bool = False) -> dict:
     """Evaluate ``model`` on ``batches`` of (x, y) already on the model's device. Under torchrun each process
     evaluates its shard of the test set (the loaders shard it) and the counts are summed over processes.
 
     ``logit_adjustment`` (C,) is added to the logits before the prediction: a post-hoc correction such as
     -tau * log(pi_s) (Menon et al. 2021) or -log(pi_s) + log(pi_t) (PC softmax, Hong et al. 2021). The
-    reported loss is the plain cross-entropy of the raw logits, as in the reference code. ``amp`` (bf16
-    autocast) applies on CUDA only, as in training.
-    Returns top1, top5, loss, per_class, mean_class_acc, macro_f1 and many/medium/few (percent), and ``samples``.
+    reported ``loss`` is the plain cross-entropy of the raw logits, as in the reference code; the calibration
+    (engine.eval.calibration: ``ece``, ``ece_many/medium/few``, ``classwise_ece``, ``nll``, ``reliability``) is
+    that of the adjusted logits the prediction is made from. ``amp`` (bf16 autocast) applies on CUDA only, as in
+    training. ``confusion``: also return the (true, predicted) count matrix as a list of rows (C x C numbers).
+    Returns top1, top5, loss, per_class, mean_class_acc, macro_f1, many/medium/few, ece, ece_* and
+    classwise_ece (percent), nll, reliability and ``samples``.
     """
     distributed.broadcast_buffers(model)  # every process evaluates rank 0's BatchNorm statistics
     device = next(model.parameters()).device
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, count
+    calibration = CalibrationSums(num_classes, device)
     for logits, y in eval_outputs(model, batches, amp):
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         if logit_adjustment is not None:
@@ -129,12 +134,17 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, train_
         sums[2] += y.numel()
         # index_add_, not bincount: bincount reads its maximum back to the host (a sync per batch on CUDA)
         cells = y * num_classes + logits.argmax(dim=1)
-        confusion.index_add_(0, cells, torch.ones_like(cells))
-    distributed.all_reduce_sum(confusion)
-    distributed.all_reduce_sum(sums)
+        matrix.index_add_(0, cells, torch.ones_like(cells))
+        calibration.add(logits, y)
+    for t in (matrix, sums, calibration.sums):
+        distributed.all_reduce_sum(t)
     loss_sum, top5, count = sums.tolist()
-    out = summarize_confusion(confusion.view(num_classes, num_classes).cpu().numpy(), train_counts)
+    matrix = matrix.view(num_classes, num_classes).cpu().numpy()
+    out = summarize_confusion(matrix, train_counts)
     out.update(top5=top5 / max(count, 1) * 100.0, loss=loss_sum / max(count, 1), samples=int(count))
+    out.update(calibration.summary(None if train_counts is None else shot_groups(train_counts)))
+    if confusion:
+        out["confusion"] = matrix.tolist()
     return out
 
 
