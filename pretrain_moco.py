@@ -173,7 +173,7 @@ def main(argv=None) -> torch.nn.Module:
     vars(args).update(source_defaults(vars(args)))
     exp = Experiment(log_dir=os.path.join(args.root_log, RUN.run_name(vars(args))), record=config.args_to_dict(args),
                      device=config.resolve_device(args), seed=args.seed, resume=args.resume,
-                     dist_timeout=args.dist_timeout)
+                     dist_timeout=args.dist_timeout, figures=args.figures)
     device, seed = exp.device, exp.seed
     loader = build_loader(args, spec, device, seed)
     moco = build_moco_model(args, device, exp.resume)

@@ -203,6 +203,9 @@ def add_process_args(g, gpu: int | None = 0, print_freq: int = 10, workers: int 
     g.add_argument("--dist_timeout", default=distributed.DEFAULT_TIMEOUT, type=timeout_seconds, metavar="SECONDS",
                    help="under torchrun: a process that stops answering for this long (frozen, hung) ends the "
                         "job with a message naming its rank")
+    g.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the run's figures at its end (PNG in <log folder>/figures and TensorBoard images; "
+                        "python report.py RUN_DIR redraws them)")
 
 
 def add_run_args(p: argparse.ArgumentParser, exp_str: str, gpu: int | None = 0, print_freq: int = 10) -> None:
@@ -438,6 +441,7 @@ def classifier_run(args: argparse.Namespace, name: str) -> ClassifierRun:
         loss_kwargs=registry_kwargs(losses.LOSSES, args.loss_type, args),
         rule_kwargs=registry_kwargs(losses.TRAIN_RULES, args.train_rule, args),
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed, resume=args.resume,
+        figures=args.figures,
         dist_timeout=args.dist_timeout, evaluate=args.evaluate, pretrained_model=args.pretrained_model,
         amp=args.amp, channels_last=args.channels_last, compile_mode=args.compile_mode if args.compile else None,
         posthoc=getattr(args, "posthoc", "none"), tau=args.tau, target_prior=tuple(getattr(args, "target_prior", ())),

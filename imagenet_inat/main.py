@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> dict:
     exp = Experiment(log_dir=args.log_dir, record=None if args.test else args_to_dict(args),
                      device=config.resolve_device(args), seed=args.seed,
                      resume="" if args.test else args.resume, tensorboard=trains,
-                     dist_timeout=args.dist_timeout)
+                     dist_timeout=args.dist_timeout, figures=args.figures)
     splits = build_splits(args)
     model = build_classifier(args.arch, args.num_classes, args.loss_type, exp.device, args.channels_last)
     exp.run.print(f"=> {args.dataset} stage {args.stage}: " + ", ".join(f"{s} {len(d)}" for s, d in splits.items())

@@ -31,6 +31,8 @@ import pytest
 import scipy.io
 import torch
 
+from engine.train.runlog import RunLog
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -107,6 +109,26 @@ def write_cifar10(folder, per_class_train, per_class_test, seed, python2_bytes=F
     meta = {key("label_names"): [key(c) for c in CIFAR10_CLASSES],
             key("num_cases_per_batch"): size, key("num_vis"): 3072}
     (folder / "batches.meta").write_bytes(dumps(meta))
+
+
+REAL_FIGURES = RunLog.figures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_figures():
+    """Drawing a run's figures at its end costs seconds (matplotlib) and would multiply the suite's time: runs made
+    by tests draw none, except with the ``drawing_figures`` fixture (tests/test_figures.py), which puts the real
+    step back for a module."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunLog, "figures", lambda self, step=None: None)
+        yield
+
+
+@pytest.fixture(scope="module")
+def drawing_figures():
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunLog, "figures", REAL_FIGURES)
+        yield
 
 
 @pytest.fixture(scope="session")

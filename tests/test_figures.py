@@ -25,12 +25,13 @@ COUNTS = [int(4 * 0.1 ** (i / 9)) for i in range(10)]  # the tiny set's long tai
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_cifar10, tmp_path_factory):
-    """A two-epoch run followed by its --shifted_eval, as a user makes them; returns the run folder."""
+def trained(tiny_cifar10, tmp_path_factory, drawing_figures):
+    """A two-epoch run with a validation part, then its --shifted_eval, as a user makes them, each drawing its
+    figures at its end; returns the run folder."""
     root = tmp_path_factory.mktemp("figures_run")
     common = ["--dataset", "cifar10", "--data_path", tiny_cifar10, "--imb_factor", "0.1", "-b", "16",
               "--root_log", str(root / "log"), "--root_model", str(root / "ckpt"), "--device", "cpu", "--seed", "0",
-              "--arch", "resnet20", "--epochs", "2"]
+              "--arch", "resnet20", "--epochs", "2", "--val_split", "1"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model runs fastest so on shared cores (the one_thread fixture's reason)
     try:
@@ -41,47 +42,40 @@ def trained(tiny_cifar10, tmp_path_factory):
     return root / "log" / NAME
 
 
-def complete(run_dir):
-    """Add to final.json what the runner's integration adds: training counts, confusion matrices (per class: its
-    test hits on the diagonal, the misses predicted as class 0) and a validation-selected epoch."""
-    path = run_dir / "final.json"
-    final = json.loads(path.read_text())
-    final["cls_num_list"] = COUNTS
-    for sel in ("last", "best"):
-        hits = [round(a / 100 * 4) for a in final[sel]["per_class"]]  # 4 test images per class
-        final[sel]["confusion"] = [[(h if j == i else 0) + (4 - h if j == 0 else 0) for j in range(10)]
-                                   for i, h in enumerate(hits)]
-    final["val_selected"] = dict(final["best"])
-    path.write_text(json.dumps(final))
-
-
 def pngs(folder):
     return {name[:-4]: np.asarray(Image.open(folder / name)) for name in sorted(os.listdir(folder))}
 
 
-def test_every_figure_written_at_its_size_and_report_regenerates_them(trained, tmp_path, one_thread):
-    run_dir = tmp_path / NAME
-    shutil.copytree(trained, run_dir)
-    complete(run_dir)
-    paths, notes = figures.write_figures(str(run_dir))
-    assert notes == [] and {os.path.basename(p)[:-4] for p in paths} == ALL
+def test_a_run_draws_every_figure_at_its_size_and_report_redraws_them(trained, tmp_path, one_thread):
+    final = json.loads((trained / "final.json").read_text())
+    assert final["cls_num_list"] == COUNTS and len(final["last"]["confusion"]) == 10 and final["val_selected"]
+    paths = sorted(str(p) for p in (trained / "figures").iterdir())
+    assert {os.path.basename(p)[:-4] for p in paths} == ALL
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.mode in ("RGB", "RGBA")
             kind = next(k for k in PIXELS if os.path.basename(path).startswith(k))
             assert image.size == PIXELS[kind], path
+    run_dir = tmp_path / NAME
+    shutil.copytree(trained, run_dir)
     first = pngs(run_dir / "figures")
     shutil.rmtree(run_dir / "figures")
-    assert set(report.main([str(run_dir)])[str(run_dir)]) == set(paths)
+    written = report.main([str(run_dir)])[str(run_dir)]
+    assert {os.path.basename(p) for p in written} == {os.path.basename(p) for p in paths}
     again = pngs(run_dir / "figures")
     assert again.keys() == first.keys() and all(np.array_equal(first[k], again[k]) for k in first)
 
 
-def test_a_plain_run_gets_what_its_files_hold(trained, tmp_path, one_thread):
-    # final.json as the trainer writes it today: no confusion matrix, no training counts (read from the
-    # checkpoint instead); without the checkpoint the per-class figures are left out with a note.
+def test_a_run_without_counts_or_confusion_gets_what_its_files_hold(trained, tmp_path, one_thread):
+    # final.json without training counts (read from the checkpoint instead) nor confusion matrices (figures left
+    # out with a note); without the checkpoint the per-class figures are left out with a note too.
     run_dir = tmp_path / NAME
     shutil.copytree(trained, run_dir)
+    final = json.loads((run_dir / "final.json").read_text())
+    del final["cls_num_list"], final["val_selected"]
+    for sel in ("last", "best"):
+        del final[sel]["confusion"]
+    (run_dir / "final.json").write_text(json.dumps(final))
     run = figures.load_run(str(run_dir))
     assert figures.training_counts(run) == COUNTS
     made, notes = figures.build_figures(run)
@@ -94,20 +88,13 @@ def test_a_plain_run_gets_what_its_files_hold(trained, tmp_path, one_thread):
     assert "per_class_last" not in made and any(n.startswith("per_class_last: the training images") for n in notes)
 
 
-def test_figures_go_to_tensorboard_at_the_png_size(trained, tmp_path, one_thread):
+def test_a_run_sends_its_figures_to_tensorboard_at_the_png_size(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
 
-    run_dir = tmp_path / NAME
-    shutil.copytree(trained, run_dir)
-    complete(run_dir)
-    writer = SummaryWriter(str(tmp_path / "tb"))
-    names = figures.figures_to_tensorboard(str(run_dir), writer, step=2)
-    writer.close()
-    assert set(names) == ALL
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events = EventAccumulator(str(trained), size_guidance={"images": 0})
     events.Reload()
-    assert set(events.Tags()["images"]) == {f"figures/{n}" for n in ALL}
+    training = {f"figures/{n}" for n in ALL - {"shifted"}}  # the evaluation that drew shifted.png logs nothing
+    assert set(events.Tags()["images"]) == training
     curves = events.Images("figures/curves")[0]
     assert (curves.width, curves.height, curves.step) == (*PIXELS["curves"], 2)
 

@@ -403,8 +403,11 @@ def render(fig: Figure) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def write_figures(run_dir: str, class_names: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
-    """Draw every figure of ``run_dir`` into ``run_dir/figures/<name>.png``; returns (paths, notes)."""
+def write_figures(run_dir: str, class_names: Sequence[str] | None = None, writer=None, step: int | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """Draw every figure of ``run_dir`` into ``run_dir/figures/<name>.png``, and when a TensorBoard
+    ``SummaryWriter`` is given, add each as the image ``figures/<name>`` (the PNG's pixels) at ``step``; returns
+    (paths, notes on the figures left out)."""
     figures, notes = build_figures(load_run(run_dir), class_names)
     folder = os.path.join(run_dir, FOLDER)
     os.makedirs(folder, exist_ok=True)
@@ -413,15 +416,8 @@ def write_figures(run_dir: str, class_names: Sequence[str] | None = None) -> tup
         path = os.path.join(folder, f"{name}.png")
         atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=DPI))
         paths.append(path)
+        if writer is not None:
+            writer.add_image(f"{FOLDER}/{name}", render(fig), global_step=step, dataformats="HWC")
+    if writer is not None:
+        writer.flush()
     return paths, notes
-
-
-def figures_to_tensorboard(run_dir: str, writer, step: int | None = None,
-                           class_names: Sequence[str] | None = None) -> list[str]:
-    """Add every figure of ``run_dir`` to a TensorBoard ``SummaryWriter`` as an image ``figures/<name>`` (the PNG's
-    pixels); returns the names written."""
-    figures, _ = build_figures(load_run(run_dir), class_names)
-    for name, fig in figures.items():
-        writer.add_image(f"{FOLDER}/{name}", render(fig), global_step=step, dataformats="HWC")
-    writer.flush()
-    return list(figures)

@@ -78,12 +78,14 @@ class Experiment:
     """
 
     def __init__(self, *, log_dir: str, record: dict | None, device: torch.device, seed: int | None = None,
-                 resume: str = "", tensorboard: bool = True, dist_timeout: float = distributed.DEFAULT_TIMEOUT):
+                 resume: str = "", tensorboard: bool = True, dist_timeout: float = distributed.DEFAULT_TIMEOUT,
+                 figures: bool = True):
         self.device = start_process(device, dist_timeout)
         self.resume_path = resume
         self.resume = load_checkpoint(resume) if resume else None
         self.seed = seed_run(seed, self.resume, self.device)
-        self.run = RunLog(log_dir, None if record is None else dict(record, seed=self.seed), tensorboard=tensorboard)
+        self.run = RunLog(log_dir, None if record is None else dict(record, seed=self.seed), tensorboard=tensorboard,
+                          figures=figures)
 
     def fit(self, method: Method, optimizer: torch.optim.Optimizer, loader, schedule: Callable[[int], float],
             loop: LoopConfig, ckpt_dir: str | None, meta: dict, evaluate: Callable[[], dict | None] | None = None,
@@ -149,6 +151,7 @@ class ClassifierRun:
     dist_timeout: float = distributed.DEFAULT_TIMEOUT
     evaluate: bool = False
     pretrained_model: str = ""
+    figures: bool = True
     amp: bool = False
     channels_last: bool = False
     compile_mode: str | None = None
@@ -181,7 +184,11 @@ def evaluate_checkpoint(cfg: ClassifierRun, exp: Experiment, model, test_loader,
     if cfg.shifted_eval:
         metrics["shifted"] = run_shifted_eval(model, test_loader, cls_num_list, cfg.loss_type, cfg.tau,
                                               cfg.shifted_seed, exp.run, amp=cfg.amp)
+        exp.run.figures()  # shifted.png
     return metrics
+
+
+CONFUSION_CLASSES = 100  # up to this many classes, final.json keeps the confusion matrices (the figures draw them)
 
 
 def subset_parts(train_set, test_set, val_set, num_classes: int) -> dict:
@@ -220,7 +227,7 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
     hashes = {name: part["sha256"] for name, part in parts.items()}
     exp = Experiment(log_dir=cfg.log_dir, record=None if cfg.evaluate else dict(cfg.record, subset_sha256=hashes),
                      device=cfg.device, seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate,
-                     dist_timeout=cfg.dist_timeout)
+                     dist_timeout=cfg.dist_timeout, figures=cfg.figures)
     device, run = exp.device, exp.run
     if not cfg.evaluate and run.enabled:
         write_json(os.path.join(run.dir, subsets.FILE), {"format": subsets.FORMAT, "dataset": spec.name,
@@ -236,7 +243,8 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
     val_loader = None if val_set is None else make_loader(val_set, spec, device, train=False, **cfg.loader)
 
     def evaluate_fn() -> dict:
-        test = evaluate(model, test_loader, spec.num_classes, cls_num_list, logit_adjustment=adjustment, amp=cfg.amp)
+        test = evaluate(model, test_loader, spec.num_classes, cls_num_list, logit_adjustment=adjustment, amp=cfg.amp,
+                        confusion=spec.num_classes <= CONFUSION_CLASSES)
         if val_loader is not None:
             test["val"] = evaluate(model, val_loader, spec.num_classes, cls_num_list, logit_adjustment=adjustment,
                                    amp=cfg.amp)
@@ -264,7 +272,8 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
     run.print(f"=> {cfg.name}: {len(train_set)} training images, classes {list(cls_num_list)}, seed {exp.seed}, "
               f"device {device}")
     summary = exp.fit(method, optimizer, train_loader, cfg.schedule, cfg.loop, cfg.ckpt_dir, meta,
-                      evaluate=evaluate_fn, final={"subset_sha256": hashes, "cls_num_list": list(cls_num_list)})
+                      evaluate=evaluate_fn, final={"subset_sha256": hashes, "cls_num_list": list(cls_num_list),
+                                                   "class_names": list(getattr(train_set, "classes", []))})
     if summary["last"]:
         print_report(run, f"Last epoch ({summary['epochs']})", summary["last"])
         if "val_selected" in summary:

@@ -6,6 +6,7 @@ Only the main process writes (rank 0 under torchrun). Layout, under ``root_log/s
 * ``final.json``: last-epoch and best-epoch metrics once the run has finished (read by reproduce.py);
 * TensorBoard event files (one writer), with the reference code's scalar names (``loss/train``,
   ``acc/test_val_top1``...; per-class accuracies as ``acc/test_val_cls_acc/<class>``);
+* ``figures/``: the run's figures at its end (engine/eval/figures.py; ``python report.py RUN_DIR`` redraws them);
 * ``.lock``: the lock of the one process writing the folder (``engine.train.runlock``).
 
 The checkpoint is the source of truth of a run's progress: it carries every epoch record, and ``restore``
@@ -82,10 +83,10 @@ class RunLog:
     folder's lock (a second run into the same folder stops at once) and removes temporary files a killed run
     left behind."""
 
-    def __init__(self, log_dir: str, args_dict: dict | None = None, tensorboard: bool = True):
+    def __init__(self, log_dir: str, args_dict: dict | None = None, tensorboard: bool = True, figures: bool = True):
         self.dir = log_dir
         self.enabled = distributed.is_main()
-        self.tensorboard = tensorboard
+        self.tensorboard, self.draw_figures = tensorboard, figures
         self.writer = None
         self.locked = self.enabled and (args_dict is not None or tensorboard)
         if not self.locked:
@@ -128,10 +129,23 @@ class RunLog:
         if self.tensorboard:
             self._scalars(record)
 
-    def _scalars(self, record: dict) -> None:
+    def _writer(self):
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(self.dir)
+        return self.writer
+
+    def figures(self, step: int | None = None) -> None:
+        """Draw the run's figures (engine.eval.figures) into ``figures/`` and TensorBoard's images at ``step``."""
+        if not (self.enabled and self.draw_figures):
+            return
+        from engine.eval.figures import write_figures  # matplotlib is loaded only to draw
+        paths, _ = write_figures(self.dir, writer=self._writer() if self.tensorboard else None, step=step)
+        if paths:
+            self.print(f"=> {len(paths)} figures in {os.path.join(self.dir, 'figures')}")
+
+    def _scalars(self, record: dict) -> None:
+        self._writer()
         step = record["epoch"]
         for tag, key in (("loss/train", "train_loss"), ("acc/train_top1", "train_top1"), ("lr", "lr")):
             if key in record:
@@ -141,6 +155,9 @@ class RunLog:
             self.writer.add_scalar("loss/test_val", test["loss"], step)
             self.writer.add_scalar("acc/test_val_top1", test["top1"], step)
             self.writer.add_scalar("acc/test_val_top5", test["top5"], step)
+            for key in ("ece", "classwise_ece", "nll"):
+                if test.get(key) is not None:
+                    self.writer.add_scalar(f"calibration/test_{key}", test[key], step)
             for i, acc in enumerate(test.get("per_class", [])):
                 if acc is not None:
                     self.writer.add_scalar(f"acc/test_val_cls_acc/{i}", acc, step)

@@ -236,7 +236,8 @@ class Trainer:
             if metrics is not None:
                 metrics = dict(metrics)
                 val = metrics.pop("val", None)
-                record["test"] = metrics
+                # the confusion matrix goes to final.json with the selected epochs, not into every epoch's line
+                record["test"] = {k: v for k, v in metrics.items() if k != "confusion"}
                 if val is not None:
                     record["val"] = val
                 selected = self.state.select(metrics, val, epoch)
@@ -249,6 +250,7 @@ class Trainer:
             self._print_epoch(record)
         summary = self.summary()
         self.run.final(summary)
+        self.run.figures(step=self.state.epoch)
         return summary
 
     def _print_epoch(self, record: dict) -> None:
