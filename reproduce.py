@@ -16,11 +16,11 @@ import argparse
 import shlex
 import sys
 
-from engine import tables
+from engine import config, tables
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", help="table name in configs/tables (e.g. ldam_drw_cifar) or a spec file")
     p.add_argument("--seeds", type=int, default=None,
                    help="number of training seeds: the first N of the spec's list (default: all of them)")
