@@ -84,9 +84,10 @@ def validate(args: argparse.Namespace) -> None:
     check_output(os.path.join(args.output_dir, args.output_filename), args.overwrite)
     ckpt = load_checkpoint(args.resume)
     arch, use_norm = base_model(ckpt, args)
-    config.check_fit(ckpt, args.resume, "--resume", config.classifier_state(arch, spec.num_classes, use_norm),
+    own = config.classifier_state(arch, spec.num_classes, use_norm)
+    config.check_fit(ckpt, args.resume, "--resume", own,
                      config.classifier_model(arch, spec.num_classes, use_norm, f"--dataset {args.dataset}"),
-                     config.classifier_hints(ckpt, arch, spec.num_classes, use_norm))
+                     config.classifier_hints(ckpt, own, arch, spec.num_classes, use_norm))
 
 
 def base_model(ckpt: dict, args: argparse.Namespace) -> tuple[str, bool]:

@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import warnings
 from typing import Callable, Iterable, Sequence
 
@@ -313,7 +314,7 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _read_yaml(path: str):
+def read_yaml(path: str):
     """The YAML document of ``path``; any failure is one UsageError naming the file (and the line)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -334,7 +335,7 @@ def _read_yaml(path: str):
 def _config_layers(path: str, translate: Callable[[dict, str], dict] | None,
                    chain: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     """(file, mapping) of ``path``'s bases, recursively and in their order, then of ``path`` itself."""
-    cfg = _read_yaml(path)
+    cfg = read_yaml(path)
     cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
         raise UsageError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__} {cfg!r:.60}")
@@ -418,7 +419,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
     except REFUSED as e:
         if os.environ.get("LTR_TRACEBACK"):
             raise
-        parser.error(str(e))
+        parser.error(os_failure(e) if isinstance(e, OSError) else str(e))
     except SystemExit as e:  # a ``translate`` refusing its file (imagenet_inat.reference_config) with its message
         if not isinstance(e.code, str):
             raise
@@ -495,9 +496,15 @@ def classifier_model(arch: str, num_classes: int, use_norm: bool, classes_from: 
             f"{'cosine' if use_norm else 'linear'} head")
 
 
-def classifier_hints(ckpt: dict, arch: str, num_classes: int, use_norm: bool) -> list[str]:
-    """What to change when a classifier checkpoint does not fit: what it records and the model lacks."""
+def classifier_hints(ckpt: dict, own: dict, arch: str, num_classes: int, use_norm: bool) -> list[str]:
+    """What to change when a classifier checkpoint does not fit the model whose ``state_dict()`` is ``own``: what
+    the checkpoint records that differs, or a head stored the other way round (cosine vs linear)."""
     hints = []
+    if any(k.startswith(("encoder_q.", "module.encoder_q.")) for k in ckpt["state_dict"]):
+        hints.append("it is a MoCo pre-training checkpoint: start from its backbone with --pretrained_model")
+    head = model_state(ckpt).get("fc.weight")
+    if "use_norm" not in ckpt and head is not None and tuple(head.shape[::-1]) == tuple(own["fc.weight"].shape):
+        hints.append(f"its head looks {'linear: not --loss_type LDAM' if use_norm else 'cosine: --loss_type LDAM'}")
     if ckpt.get("arch") and ckpt["arch"] != arch:
         hints.append(f"it was trained with -a {ckpt['arch']}")
     if ckpt.get("num_classes") is not None and ckpt["num_classes"] != num_classes:
@@ -512,9 +519,9 @@ def check_classifier_checkpoint(path: str, flag: str, arch: str, num_classes: in
     """Load ``path`` and refuse it unless it is a classifier of ``arch`` with ``num_classes`` outputs and that
     head type (``resumable``: with the optimizer state and epoch a run continues from); returns it."""
     ckpt = load_checkpoint(path, flag)
-    check_fit(ckpt, path, flag, classifier_state(arch, num_classes, use_norm),
-              classifier_model(arch, num_classes, use_norm, classes_from),
-              classifier_hints(ckpt, arch, num_classes, use_norm))
+    own = classifier_state(arch, num_classes, use_norm)
+    check_fit(ckpt, path, flag, own, classifier_model(arch, num_classes, use_norm, classes_from),
+              classifier_hints(ckpt, own, arch, num_classes, use_norm))
     if resumable:
         check_resumable(ckpt, path, flag)
     return ckpt
@@ -647,6 +654,17 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {one_line(message)}\n"
 
 
+def thread_failure(hook: threading.ExceptHookArgs) -> None:
+    """A user error in a background thread (TensorBoard's event writer on a full disk) as one warning line; the
+    main thread reports what it means for the run. Bugs keep threading's traceback."""
+    message = describe_failure(hook.exc_value) if isinstance(hook.exc_value, Exception) else None
+    if message is None or os.environ.get("LTR_TRACEBACK"):
+        threading.__excepthook__(hook)
+        return
+    name = hook.thread.name if hook.thread is not None else "a thread"
+    print(f"warning: {name} stopped: {message}", file=sys.stderr, flush=True)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main`` and end a user error with one line on stderr, ``error: ...``, and no traceback.
 
@@ -655,9 +673,10 @@ def run_cli(main: Callable[[], object]) -> None:
     unusable); 1 when it failed after it started: a file found unusable while reading it, a non-finite loss, a
     full disk, a permission or other OS error (``describe_failure``). Any other exception is a bug and keeps its
     traceback; ``LTR_TRACEBACK=1`` keeps the traceback of user errors too (for bug reports). Warnings are one
-    line each too (``one_line_warning``). ``main`` itself raises, so tests and callers see the exceptions.
+    line each too (``one_line_warning``), and so is a user error in a background thread (``thread_failure``). ``main`` itself raises, so tests and callers see the exceptions.
     """
     warnings.formatwarning = one_line_warning
+    threading.excepthook = thread_failure
     try:
         main()
     except Exception as e:

@@ -157,8 +157,8 @@ def describe(ckpt: dict) -> str:
     """What a checkpoint says it holds, e.g. ``a resnet32 checkpoint (100 classes, cosine head)``."""
     classes = ckpt.get("num_classes")
     head = model_state(ckpt).get("fc.weight")
-    if classes is None and head is not None and head.dim() == 2:
-        classes = head.shape[1] if ckpt.get("use_norm") else head.shape[0]
+    if classes is None and head is not None and head.dim() == 2 and "use_norm" in ckpt:  # else ambiguous
+        classes = head.shape[1] if ckpt["use_norm"] else head.shape[0]  # a cosine head stores (features, classes)
     details = [f"{classes} classes"] if classes is not None else []
     if "use_norm" in ckpt:
         details.append("cosine head" if ckpt["use_norm"] else "linear head")
