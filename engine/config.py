@@ -341,7 +341,10 @@ def _config_layers(path: str, translate: Callable[[dict, str], dict] | None,
         raise UsageError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__} {cfg!r:.60}")
     bases = cfg.pop(BASE_KEY, [])
     if translate is not None:
-        cfg = translate(cfg, path)
+        try:
+            cfg = translate(cfg, path)
+        except (AttributeError, KeyError, TypeError) as e:  # a value of the wrong kind deep in another layout
+            raise UsageError(f"{path}: not a valid config of its layout ({type(e).__name__}: {e})") from e
     bases = [bases] if isinstance(bases, str) else bases
     if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
         raise UsageError(f"{path}: {BASE_KEY}: expected a path relative to this file or a list of them, "
@@ -669,11 +672,12 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main`` and end a user error with one line on stderr, ``error: ...``, and no traceback.
 
     Exit status: 2 when the run was refused before it started, so nothing was written: a bad flag or config
-    file, or a check of ``parse`` failing (a value out of range, a checkpoint or data file that is missing or
-    unusable); 1 when it failed after it started: a file found unusable while reading it, a non-finite loss, a
-    full disk, a permission or other OS error (``describe_failure``). Any other exception is a bug and keeps its
+    file, or a check of ``parse`` failing (a value out of range; a checkpoint that is missing, unreadable or
+    does not fit the model; a missing split file); 1 when it failed after it started: a data file found unusable
+    while reading it, a non-finite loss, a full disk, a permission or other OS error (``describe_failure``). Any other exception is a bug and keeps its
     traceback; ``LTR_TRACEBACK=1`` keeps the traceback of user errors too (for bug reports). Warnings are one
-    line each too (``one_line_warning``), and so is a user error in a background thread (``thread_failure``). ``main`` itself raises, so tests and callers see the exceptions.
+    line each too (``one_line_warning``), and so is a user error in a background thread (``thread_failure``).
+    ``main`` itself raises, so tests and callers see the exceptions.
     """
     warnings.formatwarning = one_line_warning
     threading.excepthook = thread_failure

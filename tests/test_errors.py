@@ -551,3 +551,44 @@ def test_a_checkpoint_write_failing_on_a_full_disk_is_one_line(tiny_cifar10, tmp
     done = run_script("-c", code, *cifar_flags(tiny_cifar10, tmp_path / "out"))
     assert done.returncode == 1 and len(error_lines(done.stderr)) == 1 and "Traceback" not in done.stderr
     assert ("disk" in done.stderr or "no space" in done.stderr) and str(tmp_path / "out" / "ckpt") in done.stderr
+
+
+def test_a_resumed_checkpoint_needs_an_epoch_to_continue_from(base, tiny_cifar10, tmp_path, capsys, monkeypatch):
+    ckpt = dict(torch.load(base, weights_only=True), epoch="x")
+    path = tmp_path / "epoch.pth"
+    torch.save(ckpt, path)
+    code, err = outcome(train.main, cifar_flags(tiny_cifar10, tmp_path / "out", "--resume", str(path)), capsys,
+                        monkeypatch)
+    assert code == 2
+    assert_one_line(err, f"--resume: {str(path)!r}: 'epoch' (the next epoch to run) is 'x'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("training_opt: {dataset: ImageNet_LT, num_classes: 4, batch_size: 4, num_epochs: 1}\nnetworks: 3\n",
+     "not a valid config of its layout (AttributeError"),
+    ("training_opt: {dataset: ImageNet_LT}\nnetworks: {}\n", "training_opt.num_classes is missing"),
+])
+def test_malformed_reference_imagenet_configs_are_one_line(text, message, tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "reference.yaml"
+    cfg.write_text(text)
+    code, err = outcome(imagenet_main.main, ["--cfg", str(cfg)], capsys, monkeypatch)
+    assert code == 2
+    assert_one_line(err, str(cfg), message)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("tables: [1\n", "not valid YAML at line 2"), (b"\xff\xfe", "not a YAML text file"),
+    ("!!python/object/apply:os.system ['touch {marker}']\n", "tags that build Python objects are refused")])
+def test_reproduce_refuses_a_table_spec_that_is_not_yaml(content, message, tmp_path, capsys, monkeypatch):
+    import reproduce
+    spec = tmp_path / "table.yaml"
+    if isinstance(content, bytes):
+        spec.write_bytes(content)
+    else:
+        spec.write_text(content.format(marker=tmp_path / "PWNED"))
+    code, err = outcome(reproduce.main, [str(spec), "--dry-run", "--out", str(tmp_path / "out")], capsys,
+                        monkeypatch)
+    assert code == 2
+    assert_one_line(err, f"error: {spec}: ", message)
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists()
