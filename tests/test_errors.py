@@ -112,7 +112,7 @@ WHY = {"zero": "zero bytes", "truncated": "not a readable PyTorch checkpoint", "
        "npz": "not a readable PyTorch checkpoint", "list": "holds no 'state_dict' (a list)",
        "tensor": "holds no 'state_dict' (a Tensor)", "malicious": "the global posix.system",
        "state_list": "'state_dict' is not a mapping of tensor names to tensors (a list)",
-       "state_ints": "'conv1.weight' is a int", "no_optimizer": "holds no optimizer state",
+       "state_ints": "'conv1.weight' is of type int", "no_optimizer": "holds no optimizer state",
        "resnet32": "is a checkpoint of resnet32", "classes100": "it has 100 classes"}
 
 

@@ -156,13 +156,13 @@ def read_cifar(root, release, train, download=False):
 
 
 def _array(path, content, key):
-    """``content[key]`` as a NumPy array of numbers; anything else (ragged lists, strings, objects) is a
-    ValueError naming the file and the key."""
+    """``content[key]`` as a NumPy array of integers (an empty list, e.g. of an empty batch, reads as floats);
+    anything else (ragged lists, strings, objects) is a ValueError naming the file and the key."""
     try:
         array = np.asarray(content[key])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {key!r} is not an array of numbers ({e})") from None
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_)):
+    if array.size and not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_)):
         raise ValueError(f"{path}: {key!r} holds {array.dtype} values, expected integers")
     return array
 

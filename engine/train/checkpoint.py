@@ -90,7 +90,7 @@ def _kind(value) -> str:
     if not isinstance(value, dict):
         return f"a {type(value).__name__}"
     key, item = next((k, v) for k, v in value.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
-    return f"{key!r} is a {type(item).__name__}"
+    return f"{key!r} is of type {type(item).__name__}"
 
 
 class CheckpointError(ValueError, RuntimeError):
