@@ -38,7 +38,7 @@ RUN = RunSpec(outputs={"file": "{output_dir}/{output_filename}"}, marker="file",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of flag values (command-line flags win)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(SEMI_SUPERVISED), help="dataset")
     p.add_argument("-a", "--arch", metavar="ARCH", default="resnet32", choices=models.model_names(),
@@ -82,6 +82,17 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     args.output_filename = args.output_filename or spec.pseudo_label_stem + DEFAULT_EXTENSIONS[0]
     check_output(os.path.join(args.output_dir, args.output_filename), args.overwrite)
+    ckpt = load_checkpoint(args.resume)
+    arch, use_norm = base_model(ckpt, args)
+    own = config.classifier_state(arch, spec.num_classes, use_norm)
+    config.check_fit(ckpt, args.resume, "--resume", own,
+                     config.classifier_model(arch, spec.num_classes, use_norm, f"--dataset {args.dataset}"),
+                     config.classifier_hints(ckpt, own, arch, spec.num_classes, use_norm))
+
+
+def base_model(ckpt: dict, args: argparse.Namespace) -> tuple[str, bool]:
+    """(architecture, cosine head) of the base classifier: what the checkpoint records, else -a and --loss_type."""
+    return ckpt.get("arch") or args.arch, bool(ckpt.get("use_norm", uses_normed_head(args.loss_type)))
 
 
 def main(argv=None) -> str:
@@ -89,8 +100,7 @@ def main(argv=None) -> str:
     spec = DATASETS[args.dataset]
     output = os.path.join(args.output_dir, args.output_filename)
     ckpt = load_checkpoint(args.resume)
-    arch = ckpt.get("arch") or args.arch
-    use_norm = bool(ckpt.get("use_norm", uses_normed_head(args.loss_type)))
+    arch, use_norm = base_model(ckpt, args)
     model = models.build_model(arch, spec.num_classes, use_norm=use_norm)
     load_model_weights(model, ckpt)
     images, labels = spec.load_pool(args.data_path, args.unlabeled_source, file=args.data_filename)

@@ -25,7 +25,7 @@ import torch
 import models
 from engine import config
 from engine.train import distributed
-from engine.train.checkpoint import strip_prefix
+from engine.train.checkpoint import check_resumable, load_checkpoint, strip_prefix
 from engine.data.datasets import DATASETS, DatasetSpec
 from engine.train.experiment import Experiment
 from engine.data.loaders import TorchLoader
@@ -85,7 +85,7 @@ class ScheduleAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_data_args(p, DATASETS, default="imagenet", data_aliases=["--data"])  # --data: the reference's
     g = p.add_argument_group("MoCo")
     g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
@@ -144,6 +144,19 @@ def validate(args: argparse.Namespace) -> None:
     if list_file is not None and not os.path.isfile(list_file):
         raise ValueError(f"--list_file: no split file {list_file!r} for --dataset {args.dataset}: get the "
                          "ImageNet-LT / iNaturalist 2018 lists or pass --list_file PATH")
+    if args.resume:
+        check_resume(args)
+
+
+def check_resume(args: argparse.Namespace) -> None:
+    """Refuse a --resume checkpoint that is not a MoCo run of these flags, before anything runs."""
+    arch = source_defaults(vars(args))["arch"]
+    ckpt = load_checkpoint(args.resume)
+    own = config.meta_state(lambda: build_moco(arch, args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp,
+                                               args.bn_splits))
+    config.check_fit(ckpt, args.resume, "--resume", own, f"MoCo of -a {arch} --moco-dim {args.moco_dim} --moco-k "
+                     f"{args.moco_k} --mlp={args.mlp}")
+    check_resumable(ckpt, args.resume)
 
 
 def build_loader(args, spec: DatasetSpec, device: torch.device, seed: int) -> TorchLoader:

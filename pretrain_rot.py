@@ -105,7 +105,7 @@ ARRAY_DEFAULTS = {"loader": "device", "eval_batch_size": 1000}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_data_args(p, DATASETS)
     g = p.add_argument_group("imagenet / inat")
     g.add_argument("--list_file", default=None, help="training split file (default: the data set's LT train list)")
@@ -132,6 +132,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """``source_defaults``, then the checks (common ones, and the split files of image-list data)."""
     vars(args).update(source_defaults(vars(args)))
     config.validate_common(args)
+    config.check_classifier_files(args, len(ROTATIONS), "the four rotations")
     check_loader(DATASETS[args.dataset], args.loader)
     if DATASETS[args.dataset].in_memory:
         return args

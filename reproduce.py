@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import os
 import sys
 
-from engine import tables
+from engine import config, tables
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", help="table name in configs/tables (e.g. ldam_drw_cifar) or a spec file")
     p.add_argument("--seeds", type=int, default=None,
                    help="number of training seeds: the first N of the spec's list (default: all of them)")
@@ -42,6 +43,8 @@ def main(argv=None) -> tables.RunResult | None:
     if args.jobs <= 0:
         parser.error(f"--jobs must be positive, got {args.jobs}")
     try:
+        if os.path.isfile(args.table):
+            config.read_yaml(args.table)  # not YAML: one line naming the file and the line, as for configs
         table = tables.load_table(args.table)
         plan = tables.expand(table, tables.pick_seeds(table, args.seeds), args.out, args.data_path, args.epochs,
                              args.device)
@@ -52,7 +55,7 @@ def main(argv=None) -> tables.RunResult | None:
             print(f"# {len(plan.jobs)} runs, {finished} already finished (skipped when run)", file=sys.stderr)
             return None
         result = tables.run_plan(plan, args.jobs)
-    except tables.TableError as e:
+    except (tables.TableError, config.UsageError) as e:
         parser.error(str(e))
     md_path, csv_path = tables.write_report(plan, result)
     print(f"{result.executed} run(s) executed, {result.skipped} already finished, {len(result.failed)} failed, "

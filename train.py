@@ -23,7 +23,7 @@ RUN = classification_run(("dataset", "arch", "loss_type", "train_rule", "imb_typ
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_data_args(p, IN_MEMORY)
     config.add_model_args(p)
     config.add_optim_args(p)
@@ -34,8 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def validate(args: argparse.Namespace) -> None:
+    """The common checks, then --resume / --pretrained_model against the model they must fit."""
+    config.validate_common(args)
+    config.check_classifier_files(args, DATASETS[args.dataset].num_classes, f"--dataset {args.dataset}")
+
+
 def main(argv=None):
-    args = config.parse(build_parser(), argv)
+    args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
     data = config.dataset_kwargs(args)
     test_set, val_set = spec.build_eval(val_split=args.val_split, **data)

@@ -43,7 +43,7 @@ def train_set(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_data_args(p, sorted(SEMI_SUPERVISED))
     config.add_model_args(p)
     config.add_optim_args(p, batch_size=256)
@@ -91,6 +91,7 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{dest} must be positive, got {value}")
     if not args.labeled_only:
         args.pseudo_label_file = spec.pseudo_label_file(args.data_path, args.pseudo_label_file, args.unlabeled_source)
+    config.check_classifier_files(args, spec.num_classes, f"--dataset {args.dataset}")
 
 
 def main(argv=None):

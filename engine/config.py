@@ -9,10 +9,15 @@ runs, naming the key and the file.
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import math
 import os
 import pickle
+import shutil
 import sys
+import threading
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -23,10 +28,30 @@ import models
 import registry
 from engine.train import distributed
 from engine.data.datasets import unlabeled_source_choices
-from engine.train.experiment import ClassifierRun
+from engine.train.checkpoint import (CheckpointError, backbone_fit, check_resumable, describe, load_checkpoint,
+                                     model_state, state_mismatch)
+from engine.train.experiment import ClassifierRun, uses_normed_head
 from engine.data.longtail import IMB_TYPES, check_imb_factor
 from engine.train.schedules import SCHEDULES, LRSchedule
 from engine.train.trainer import LoopConfig
+
+
+class UsageError(ValueError):
+    """The command line, or a file it names (a --config file, a checkpoint, a data file), is wrong: the run is
+    refused before it starts (exit status 2, see ``run_cli``)."""
+
+
+def one_line(message: object) -> str:
+    """``message`` on one line (library errors may span several)."""
+    return " ".join(str(message).split())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors, ``PROG: error: MESSAGE``, exit status 2 (without the usage block, which
+    would make every refused command a screenful; ``--help`` shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def add_data_args(p: argparse.ArgumentParser, datasets: Iterable[str], default: str = "cifar10",
@@ -266,65 +291,121 @@ def boolean(text: str) -> bool:
 
 
 def _coerce(action: argparse.Action, key: str, value, source: str):
-    """Apply the flag's type to a YAML value (YAML reads 1e-4 as a string) and check its choices."""
+    """The flag's value from a YAML value: the flag's type applied (YAML reads 1e-4 as a string), its choices
+    checked. A value of another kind (a list for one number, true for a number, null for a flag that has a value,
+    a string for a switch) is an error naming the file and the key."""
+    def refuse(what: str):
+        raise UsageError(f"{source}: {key}: {what}")
+
+    kind = {int: "an integer", float: "a float", str: "a string", None: "a string"}.get(action.type, "a value")
+
     def one(v):
-        if isinstance(v, (list, dict)) or (action.type in (int, float) and isinstance(v, bool)):
-            raise SystemExit(f"error: {source}: {key}: expected one {getattr(action.type, '__name__', 'value')}, "
-                             f"got {v!r}")
-        if action.type is int and isinstance(v, float) and not v.is_integer():
-            raise SystemExit(f"error: {source}: {key}: expected an integer, got {v!r}")
-        if action.type is not None and isinstance(v, str) and action.type is not str:
+        if isinstance(v, (list, dict)):
+            refuse(f"expected {kind}, got {v!r}")
+        if v is None:
+            refuse(f"null, but the flag takes {kind}; leave the key out to keep its default {action.default!r}")
+        if isinstance(v, bool) and action.type in (int, float, str, None):
+            refuse(f"expected {kind}, got {v!r}" + (" (quote it)" if action.type in (str, None) else ""))
+        if action.type in (int, float) and isinstance(v, (int, float)):
+            if action.type is int and not float(v).is_integer():
+                refuse(f"expected an integer, got {v!r}")
+            v = action.type(v)
+        elif action.type in (str, None):
+            v = str(v)
+        else:  # text for a number (YAML reads 1e-4 as a string), or any value for a custom type (``boolean``)
             try:
-                v = action.type(v)
+                v = action.type(str(v))
             except (TypeError, ValueError) as e:
-                raise SystemExit(f"error: {source}: {key}: {v!r} is not a valid value ({e})") from None
+                refuse(f"{v!r} is not a valid value ({e})")
         if action.choices is not None and v not in action.choices:
-            raise SystemExit(f"error: {source}: {key}: {v!r} is not one of {list(action.choices)}")
+            refuse(f"{v!r} is not one of {list(action.choices)}")
         return v
+
+    if value is None and action.default is None:  # null keeps an optional flag unset
+        return None
+    if action.nargs == 0:  # a switch (store_true, --flag/--no-flag)
+        if not isinstance(value, bool):
+            refuse(f"expected true or false, got {value!r}")
+        return value
     if action.nargs in ("*", "+") or isinstance(action.nargs, int):
-        return [one(v) for v in (value if isinstance(value, list) else [value])]
+        values = [one(v) for v in (value if isinstance(value, list) else [value])]
+        if action.nargs == "+" and not values:
+            refuse("expected at least one value, got []")
+        return values
     return one(value)
 
 
 BASE_KEY = "_base_"
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain values only: a tag that would build a Python object is an error) that also
+    refuses a key given twice in one mapping, which PyYAML would silently resolve to the last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key.value!r} appears twice",
+                                                            key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str):
+    """The YAML document of ``path``; any failure is one UsageError naming the file (and the line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_ConfigLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or e
+        if "constructor for the tag" in str(problem):
+            problem = f"{problem} (a config holds plain values; tags that build Python objects are refused)"
+        raise UsageError(f"{path}: not valid YAML{where}: {one_line(problem)}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not a YAML text file (byte {e.start} is not UTF-8 text)") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it: {e.strerror}") from None
+
+
 def _config_layers(path: str, translate: Callable[[dict, str], dict] | None,
                    chain: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     """(file, mapping) of ``path``'s bases, recursively and in their order, then of ``path`` itself."""
-    with open(path) as f:
-        try:
-            cfg = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise SystemExit(f"error: {path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    bases = cfg.pop(BASE_KEY, []) if isinstance(cfg, dict) else []
-    if translate is not None:
-        cfg = translate(cfg, path)
+    cfg = read_yaml(path)
+    cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
-        raise SystemExit(f"error: --config: {path!r} must hold a mapping of flag names to values")
+        raise UsageError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__} {cfg!r:.60}")
+    bases = cfg.pop(BASE_KEY, [])
+    if translate is not None:
+        try:
+            cfg = translate(cfg, path)
+        except (AttributeError, KeyError, TypeError) as e:  # a value of the wrong kind deep in another layout
+            raise UsageError(f"{path}: not a valid config of its layout ({type(e).__name__}: {e})") from e
     bases = [bases] if isinstance(bases, str) else bases
     if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
-        raise SystemExit(f"error: {path}: {BASE_KEY}: expected a path relative to this file or a list of them, "
+        raise UsageError(f"{path}: {BASE_KEY}: expected a path relative to this file or a list of them, "
                          f"got {bases!r}")
     chain = (*chain, path)
     layers = []
     for base in bases:
         base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
         if not os.path.isfile(base_path):
-            raise SystemExit(f"error: {path}: {BASE_KEY}: no file {base_path!r}")
+            raise UsageError(f"{path}: {BASE_KEY}: no file {base_path!r}")
         seen = [os.path.realpath(p) for p in chain]
         if os.path.realpath(base_path) in seen:
             cycle = chain[seen.index(os.path.realpath(base_path)):]
-            raise SystemExit(f"error: {path}: {BASE_KEY} cycle: {' -> '.join((*cycle, base_path))}")
+            raise UsageError(f"{path}: {BASE_KEY} cycle: {' -> '.join((*cycle, base_path))}")
         layers += _config_layers(base_path, translate, chain)
     return layers + [(path, cfg)]
 
 
 def load_yaml_defaults(parser: argparse.ArgumentParser, path: str,
                        translate: Callable[[dict, str], dict] | None = None) -> dict:
-    """Read ``path`` and return {dest: value} for the parser's flags; unknown keys are an error naming the file.
+    """Read ``path`` and return {dest: value} for the parser's flags; any problem of the file (not found, not
+    YAML, an unknown key, a value of the wrong type) is a UsageError naming the file and the key.
 
     Keys are the flags' destinations or their long option names (``data_root`` for ``--data_path``'s alias
     ``--data_root``). ``_base_: FILE`` (relative to this file; or a list, later files win) inherits the keys of
@@ -332,7 +413,8 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, path: str,
     ``translate(mapping, path) -> mapping`` rewrites another layout into flag names first (e.g. the reference
     ImageNet-LT code's nested configs), file by file."""
     if not os.path.isfile(path):
-        raise SystemExit(f"error: --config: no file {path!r}")
+        flag = next((a.option_strings[0] for a in parser._actions if a.dest == "config"), "--config")
+        raise UsageError(f"{flag}: no file {path!r}")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     names = dict(actions)
     for action in actions.values():
@@ -346,28 +428,45 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, path: str,
         for raw_key, value in cfg.items():
             key = str(raw_key).replace("-", "_")
             if key not in names:
-                raise SystemExit(f"error: {where}: unknown key {raw_key!r}; valid keys: {', '.join(sorted(actions))}")
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UsageError(f"{where}: unknown key {raw_key!r}; {hint}valid keys: "
+                                 f"{', '.join(sorted(actions))}")
             dest = names[key].dest
             if dest in given:
-                raise SystemExit(f"error: {where}: keys {given[dest]!r} and {raw_key!r} both set --{dest}; keep one")
+                raise UsageError(f"{where}: keys {given[dest]!r} and {raw_key!r} both set --{dest}; keep one")
             given[dest] = raw_key
             out[dest] = _coerce(names[key], key, value, where)
     return out
 
 
+# What ``parse`` refuses as a usage error: a check's ValueError, an unreadable file, a refused pickle.
+REFUSED = (ValueError, OSError, pickle.UnpicklingError)
+_parsed: tuple[argparse.ArgumentParser, argparse.Namespace] | None = None  # the run's flags, for run_cli's messages
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
           validate: Callable[[argparse.Namespace], None] | None = None,
           translate: Callable[[dict, str], dict] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with YAML defaults from ``--config`` (``translate``: see ``load_yaml_defaults``); run
-    ``validate`` (ValueError -> usage error)."""
+    """Parse ``argv`` with YAML defaults from ``--config`` (``translate``: see ``load_yaml_defaults``) and run
+    ``validate`` (default ``validate_common``). A refusal (a bad flag or config file, a failed check, a file the
+    checks found unusable: ``REFUSED``) is ``parser.error``: one line, exit status 2, nothing written yet."""
+    global _parsed
     pre, _ = parser.parse_known_args(argv)
-    if getattr(pre, "config", None):
-        parser.set_defaults(**load_yaml_defaults(parser, pre.config, translate))
-    args = parser.parse_args(argv)
     try:
+        if getattr(pre, "config", None):
+            parser.set_defaults(**load_yaml_defaults(parser, pre.config, translate))
+        args = parser.parse_args(argv)
         (validate or validate_common)(args)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    except REFUSED as e:
+        if os.environ.get("LTR_TRACEBACK"):
+            raise
+        parser.error(os_failure(e) if isinstance(e, OSError) else str(e))
+    except SystemExit as e:  # a ``translate`` refusing its file (imagenet_inat.reference_config) with its message
+        if not isinstance(e.code, str):
+            raise
+        parser.error(e.code.removeprefix("error: "))
+    _parsed = (parser, args)
     return args
 
 
@@ -385,6 +484,12 @@ def validate_run(args: argparse.Namespace) -> None:
     for flag, dest in (("--seed", "seed"), ("--rand_number", "rand_number")):
         if (getattr(args, dest, None) or 0) < 0:
             raise ValueError(f"{flag} must be a non-negative integer (a NumPy/torch seed), got {getattr(args, dest)}")
+    for flag, dest in (("--momentum", "momentum"), ("--wd/--weight-decay", "weight_decay")):
+        if not (math.isfinite(getattr(args, dest)) and getattr(args, dest) >= 0):
+            raise ValueError(f"{flag} must be a finite non-negative number, got {getattr(args, dest)}")
+    for flag, dest in (("-j/--workers", "workers"), ("--gpu", "gpu")):
+        if (getattr(args, dest, None) or 0) < 0:
+            raise ValueError(f"{flag} must be a non-negative integer, got {getattr(args, dest)}")
     if not 0 <= args.start_epoch <= args.epochs:
         raise ValueError(f"--start-epoch must be in [0, --epochs={args.epochs}], got {args.start_epoch}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -406,6 +511,82 @@ def validate_common(args: argparse.Namespace) -> None:
         validate_eval(args)
 
 
+def meta_state(build: Callable[[], torch.nn.Module]) -> dict:
+    """The ``state_dict()`` of the module ``build()`` makes, built on the meta device: names and shapes to check
+    a checkpoint against, with no memory or initialisation cost."""
+    with torch.device("meta"):
+        return build().state_dict()
+
+
+def classifier_state(arch: str, num_classes: int, use_norm: bool) -> dict:
+    return meta_state(lambda: models.build_model(arch, num_classes, use_norm=use_norm))
+
+
+def check_fit(ckpt: dict, path: str, flag: str, own: dict, model: str, hints: Sequence[str] = ()) -> None:
+    """Refuse a checkpoint whose weights do not fit the model whose ``state_dict()`` is ``own``, naming the file,
+    what it holds, the model (``model``: the flags that chose it) and which tensors differ."""
+    mismatch = state_mismatch(own, model_state(ckpt))
+    if mismatch:
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise CheckpointError(f"{flag}: {path!r} is {describe(ckpt)}, which does not fit the model of {model}"
+                              f"{hint}: {mismatch}")
+
+
+def classifier_model(arch: str, num_classes: int, use_norm: bool, classes_from: str) -> str:
+    """The flags that chose a classifier, for ``check_fit``'s message."""
+    return (f"-a/--arch {arch} with {num_classes} classes ({classes_from}) and a "
+            f"{'cosine' if use_norm else 'linear'} head")
+
+
+def classifier_hints(ckpt: dict, own: dict, arch: str, num_classes: int, use_norm: bool) -> list[str]:
+    """What to change when a classifier checkpoint does not fit the model whose ``state_dict()`` is ``own``: what
+    the checkpoint records that differs, or a head stored the other way round (cosine vs linear)."""
+    hints = []
+    if any(k.startswith(("encoder_q.", "module.encoder_q.")) for k in ckpt["state_dict"]):
+        hints.append("it is a MoCo pre-training checkpoint: start from its backbone with --pretrained_model")
+    head = model_state(ckpt).get("fc.weight")
+    if "use_norm" not in ckpt and head is not None and tuple(head.shape[::-1]) == tuple(own["fc.weight"].shape):
+        hints.append(f"its head looks {'linear: not --loss_type LDAM' if use_norm else 'cosine: --loss_type LDAM'}")
+    if ckpt.get("arch") and ckpt["arch"] != arch:
+        hints.append(f"it was trained with -a {ckpt['arch']}")
+    if ckpt.get("num_classes") is not None and ckpt["num_classes"] != num_classes:
+        hints.append(f"it has {ckpt['num_classes']} classes: another --dataset or class count")
+    if "use_norm" in ckpt and bool(ckpt["use_norm"]) != use_norm:
+        hints.append(f"its head is {'cosine (--loss_type LDAM)' if ckpt['use_norm'] else 'linear (not LDAM)'}")
+    return hints
+
+
+def check_classifier_checkpoint(path: str, flag: str, arch: str, num_classes: int, use_norm: bool,
+                                classes_from: str, resumable: bool = False) -> dict:
+    """Load ``path`` and refuse it unless it is a classifier of ``arch`` with ``num_classes`` outputs and that
+    head type (``resumable``: with the optimizer state and epoch a run continues from); returns it."""
+    ckpt = load_checkpoint(path, flag)
+    own = classifier_state(arch, num_classes, use_norm)
+    check_fit(ckpt, path, flag, own, classifier_model(arch, num_classes, use_norm, classes_from),
+              classifier_hints(ckpt, own, arch, num_classes, use_norm))
+    if resumable:
+        check_resumable(ckpt, path, flag)
+    return ckpt
+
+
+def check_backbone_checkpoint(path: str, flag: str, own: dict) -> None:
+    """Refuse ``path`` unless its backbone initialises the model whose ``state_dict()`` is ``own``."""
+    backbone_fit(own, load_checkpoint(path, flag), path, flag)
+
+
+def check_classifier_files(args: argparse.Namespace, num_classes: int, classes_from: str) -> None:
+    """The checkpoints of a classification script, loaded and checked against its model before anything runs:
+    --resume (a classifier of -a with ``num_classes`` outputs and --loss_type's head, with its optimizer state
+    unless -e) and, when not resuming, --pretrained_model (a backbone for -a)."""
+    use_norm = uses_normed_head(args.loss_type)
+    if args.resume:
+        check_classifier_checkpoint(args.resume, "--resume", args.arch, num_classes, use_norm, classes_from,
+                                    resumable=not args.evaluate)
+    elif getattr(args, "pretrained_model", ""):
+        check_backbone_checkpoint(args.pretrained_model, "--pretrained_model",
+                                  classifier_state(args.arch, num_classes, use_norm))
+
+
 def resolve_device(args: argparse.Namespace) -> torch.device:
     """--device (default: CUDA when present), with --gpu choosing the CUDA index."""
     kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -414,18 +595,138 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
     return torch.device("cpu")
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; a user error (bad input, missing or unusable file, NaN loss) ends with one line.
+# errno of a failed write (or read) -> what happened, what to do about it
+_OS_FAILURES = {
+    errno.ENOSPC: ("no space left on device", "free space there or choose another path"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there or choose another path"),
+    errno.EROFS: ("read-only file system", "choose a path on a writable file system"),
+    errno.EACCES: ("permission denied", "check its permissions or choose another path"),
+    errno.EPERM: ("operation not permitted", "check its permissions or choose another path"),
+}
 
-    Other exceptions keep their traceback; ``LTR_TRACEBACK=1`` shows it for these too. ``main`` itself raises,
-    so tests and callers see the exceptions.
+
+def _flag_of(path: str) -> str | None:
+    """The parsed flag whose path value holds ``path`` (e.g. --root_model for a checkpoint), the longest match;
+    None when no flag does."""
+    if _parsed is None:
+        return None
+    parser, args = _parsed
+    target, best, best_root = os.path.abspath(path), None, ""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not (action.option_strings and isinstance(value, str) and value):
+            continue
+        root = os.path.abspath(value)
+        if (target == root or target.startswith(root.rstrip(os.sep) + os.sep)) and len(root) >= len(best_root):
+            best, best_root = max(action.option_strings, key=len), root
+    return best
+
+
+def _free_space(folder: str) -> str:
+    """', N MB free' on the file system of ``folder`` (its nearest existing parent); '' when unknown."""
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return f", {shutil.disk_usage(folder or '.').free / 1e6:.1f} MB free"
+    except OSError:
+        return ""
+
+
+# The flags naming the folders a script writes into (the ones a full or read-only disk is about).
+OUTPUT_DESTS = ("root_log", "root_model", "root_path", "log_dir", "output_dir")
+
+
+def _output_folders() -> str:
+    """The parsed output-folder flags with the free space of each, e.g. ``--root_model ./ckpt (3.2 MB free)``."""
+    if _parsed is None:
+        return "the output folders"
+    parser, args = _parsed
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    found = [f"{flags[d]} {getattr(args, d)} ({_free_space(os.path.abspath(getattr(args, d)))[2:]})"
+             for d in OUTPUT_DESTS if d in flags and getattr(args, d, None)]
+    return ", ".join(found) or "the output folders"
+
+
+def os_failure(e: OSError) -> str:
+    """An OSError as one line naming the file, its folder and, for the errors of ``_OS_FAILURES`` (a full disk,
+    a read-only or forbidden folder), what to do and the flag that chose the folder. A write error without a
+    file name (``write()`` itself failing) names the output folders instead."""
+    known = _OS_FAILURES.get(e.errno)
+    if known is None:
+        return _condensed(e.strerror or str(e)) + ("" if e.filename is None else f": {e.filename}")
+    if e.filename is None:
+        return f"{known[0]} while writing the run's files ({_output_folders()}); {known[1]}"
+    path = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes)) else str(e.filename)
+    custom = e.strerror and e.strerror != os.strerror(e.errno)  # a message of ours, e.g. the space a write needs
+    folder = os.path.dirname(os.path.abspath(path))
+    free = _free_space(folder) if e.errno in (errno.ENOSPC, errno.EDQUOT) and not custom else ""
+    flag = _flag_of(path)
+    return (f"{e.strerror if custom else known[0]}: {path} (folder {folder}{free}); {known[1]}"
+            + (f" ({flag})" if flag else ""))
+
+
+def _condensed(text: str) -> str:
+    """One line of an error message: for an error re-raised from a DataLoader worker, its first line (which worker)
+    and last one (the error itself), without the worker's traceback."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    if len(lines) > 2 and any(line.startswith("Original Traceback") for line in lines):
+        lines = [lines[0], lines[-1]]
+    return one_line(" ".join(lines))
+
+
+def describe_failure(e: BaseException) -> str | None:
+    """The one-line message of a user error, or None for a bug (which keeps its traceback)."""
+    if isinstance(e, OSError):
+        return os_failure(e)
+    if isinstance(e, (ValueError, FloatingPointError, pickle.UnpicklingError)):
+        return _condensed(str(e))
+    if isinstance(e, torch.OutOfMemoryError):
+        return (f"out of device memory: lower -b/--batch-size (or --eval_batch_size) "
+                f"({_condensed(str(e)).split('. ')[0]})")
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("PytorchStreamWriter failed" in text or "unexpected pos" in text):
+        # torch.save's own error when a write fails part-way, which names neither the file nor the cause
+        return (f"writing a checkpoint failed part-way, most likely because the disk is full ({_condensed(text)}); "
+                f"free space there ({_output_folders()}) or choose other paths")
+    return None
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """How the scripts show a warning: ``CATEGORY: message`` on one line (not the source line that raised it)."""
+    return f"{category.__name__}: {one_line(message)}\n"
+
+
+def thread_failure(hook: threading.ExceptHookArgs) -> None:
+    """A user error in a background thread (TensorBoard's event writer on a full disk) as one warning line; the
+    main thread reports what it means for the run. Bugs keep threading's traceback."""
+    message = describe_failure(hook.exc_value) if isinstance(hook.exc_value, Exception) else None
+    if message is None or os.environ.get("LTR_TRACEBACK"):
+        threading.__excepthook__(hook)
+        return
+    name = hook.thread.name if hook.thread is not None else "a thread"
+    print(f"warning: {name} stopped: {message}", file=sys.stderr, flush=True)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's ``main`` and end a user error with one line on stderr, ``error: ...``, and no traceback.
+
+    Exit status: 2 when the run was refused before it started, so nothing was written: a bad flag or config
+    file, or a check of ``parse`` failing (a value out of range; a checkpoint that is missing, unreadable or
+    does not fit the model; a missing split file); 1 when it failed after it started: a data file found unusable
+    while reading it, a non-finite loss, a full disk, a permission or other OS error (``describe_failure``). Any other exception is a bug and keeps its
+    traceback; ``LTR_TRACEBACK=1`` keeps the traceback of user errors too (for bug reports). Warnings are one
+    line each too (``one_line_warning``), and so is a user error in a background thread (``thread_failure``).
+    ``main`` itself raises, so tests and callers see the exceptions.
     """
+    warnings.formatwarning = one_line_warning
+    threading.excepthook = thread_failure
     try:
         main()
-    except (FileNotFoundError, ValueError, FloatingPointError, pickle.UnpicklingError) as e:
-        if os.environ.get("LTR_TRACEBACK"):
+    except Exception as e:
+        message = describe_failure(e)
+        if message is None or os.environ.get("LTR_TRACEBACK"):
             raise
-        sys.exit(f"error: {e}  (LTR_TRACEBACK=1 shows the traceback)")
+        sys.exit(f"error: {message}  (LTR_TRACEBACK=1 shows the traceback)")
     finally:
         distributed.shutdown()
 

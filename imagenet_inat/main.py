@@ -51,7 +51,7 @@ RUN = RunSpec(outputs={"final": "{log_dir}/final.json", "checkpoint": "{log_dir}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ImageNet_LT", choices=sorted(LT_DATASETS),
                    help="normalisation, colour jitter, class count and split-file names")
@@ -187,6 +187,24 @@ def validate(args: argparse.Namespace) -> None:
     if args.save_feat and args.save_feat != "train_plain" and getattr(args, f"{args.save_feat}_split") is None:
         raise ValueError(f"--save_feat {args.save_feat}: {args.dataset} has no {args.save_feat} split "
                          f"(set --{args.save_feat}_split)")
+    check_checkpoints(args)
+
+
+def check_checkpoints(args: argparse.Namespace) -> None:
+    """The checkpoint this stage reads (--test's, --resume, or init's), loaded and checked against the model."""
+    use_norm = uses_normed_head(args.loss_type)
+    model = (args.arch, args.num_classes, use_norm, "--num_classes or --dataset")
+    if args.test or args.resume:
+        flag = "--resume" if args.resume else "--model_dir" if args.model_dir else "--test (log_dir)"
+        path = args.resume or checkpoint_path(args.model_dir or args.log_dir, flag)
+        config.check_classifier_checkpoint(path, flag, *model, resumable=bool(args.resume))
+    elif args.model_dir or args.init:
+        flag = "--model_dir" if args.model_dir else "init"
+        path = checkpoint_path(args.model_dir or args.init, flag)
+        if STAGES[args.stage].load == "model":
+            config.check_classifier_checkpoint(path, flag, *model)
+        else:
+            config.check_backbone_checkpoint(path, flag, config.classifier_state(*model[:3]))
 
 
 # -- data -------------------------------------------------------------------------------------------------

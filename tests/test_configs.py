@@ -86,7 +86,7 @@ def test_bases_in_order_later_wins_own_keys_win(tmp_path):
 def test_base_cycle_names_the_files(tmp_path):
     a = write(tmp_path, "a.yaml", "_base_: b.yaml\nepochs: 1\n")
     write(tmp_path, "b.yaml", "_base_: a.yaml\nlr: 0.1\n")
-    with pytest.raises(SystemExit, match=r"_base_ cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+    with pytest.raises(config.UsageError, match=r"_base_ cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
         config.load_yaml_defaults(train.build_parser(), a)
 
 
@@ -100,7 +100,7 @@ def test_base_cycle_names_the_files(tmp_path):
 def test_config_errors_name_the_file(tmp_path, base, row, message):
     write(tmp_path, "base.yaml", base)
     path = write(tmp_path, "row.yaml", row)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(config.UsageError, match=message):
         config.load_yaml_defaults(pretrain_moco.build_parser(), path)
 
 

@@ -318,8 +318,9 @@ def test_output_logits_is_a_switch_or_takes_the_references_value():
 def test_unknown_config_key_and_missing_data_root(syn_root, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("dataset: ImageNet_LT\nbatchsize: 3\n")
-    with pytest.raises(SystemExit, match="unknown key 'batchsize'"):
+    with pytest.raises(SystemExit):
         iin.main(["--cfg", str(cfg)])
+    assert "unknown key 'batchsize'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         iin.main(["--cfg", str(SYN / "feat_uniform.yaml"), "--data_root", str(tmp_path / "none")])
     assert "--data_root: no folder" in capsys.readouterr().err

@@ -226,7 +226,7 @@ def test_svhn_extra_split(small_svhn_root, base_ckpt, tmp_path):
     assert metrics["many"] == pytest.approx(per_class[counts > 100].mean())
 
 
-def test_upstream_ldam_checkpoint_without_metadata(small_svhn_root, tmp_path):
+def test_upstream_ldam_checkpoint_without_metadata(small_svhn_root, tmp_path, capsys):
     """An upstream-style checkpoint (DataParallel ``module.`` keys, head named ``linear``, no ``arch`` or
     ``use_norm``): -a and --loss_type LDAM (cosine head) describe it; CE is refused with a clear message."""
     torch.manual_seed(0)
@@ -242,9 +242,12 @@ def test_upstream_ldam_checkpoint_without_metadata(small_svhn_root, tmp_path):
         expected = model.eval()((x - 0.5) / 0.5).argmax(1).numpy()
     with np.load(path, allow_pickle=False) as f:
         np.testing.assert_array_equal(f["predictions"][:50], expected)
-    with pytest.raises(ValueError, match="--resume: the checkpoint's classifier has shape"):
+    with pytest.raises(SystemExit):
         gen_pseudolabels.main(gen_flags("svhn", small_svhn_root, ckpt, tmp_path, "-a", "resnet20",
                                         "--output_filename", "ce.npz"))
+    err = capsys.readouterr().err
+    assert f"--resume: {str(ckpt)!r} is a checkpoint of an unrecorded architecture, which does not fit" in err
+    assert "(its head looks cosine: --loss_type LDAM)" in err and "fc.weight (64, 10) in the file vs (10, 64)" in err
 
 
 def test_labeled_only_is_the_semi_sets_labeled_part(cifar10_root, pseudo_npz):

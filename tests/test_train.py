@@ -92,13 +92,17 @@ def test_bad_arguments_fail_before_training(cifar10_root, tmp_path, capsys, extr
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_checkpoint_of_another_dataset_is_refused(cifar10_root, cifar100_root, tmp_path):
+def test_checkpoint_of_another_dataset_is_refused(cifar10_root, cifar100_root, tmp_path, capsys):
     train.main(["--dataset", "cifar100", "--data_path", str(cifar100_root), "--epochs", "1", "-b", "64",
                 "--root_log", str(tmp_path / "log"), "--root_model", str(tmp_path / "ckpt"), "--device", "cpu",
                 "--arch", "resnet20", "--imb_factor", "0.1"])
     ckpt = tmp_path / "ckpt" / "cifar100_resnet20_CE_None_exp_0.1_ss_pretrained" / "ckpt.pth.tar"
-    with pytest.raises(ValueError, match="--resume: the checkpoint's classifier has shape"):
+    with pytest.raises(SystemExit) as exit_:
         train.main(run_args(cifar10_root, tmp_path, "-e", "--resume", str(ckpt)))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert f"--resume: {str(ckpt)!r} is a checkpoint of resnet20 (100 classes" in err
+    assert "-a/--arch resnet20 with 10 classes (--dataset cifar10)" in err and "fc.weight (100, 64)" in err
 
 
 def test_yaml_config_and_command_line_precedence(cifar10_root, tmp_path):
@@ -108,11 +112,11 @@ def test_yaml_config_and_command_line_precedence(cifar10_root, tmp_path):
     assert (args.loss_type, args.imb_factor, args.batch_size, args.lr) == ("Focal", 0.1, 32, 0.01)
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss: CE\n")
-    with pytest.raises(SystemExit, match="unknown key 'loss'"):
-        train.config.parse(train.build_parser(), ["--config", str(bad)])
+    with pytest.raises(train.config.UsageError, match="unknown key 'loss'; did you mean 'loss_type'"):
+        train.config.load_yaml_defaults(train.build_parser(), str(bad))
     bad.write_text("loss_type: Hinge\n")
-    with pytest.raises(SystemExit, match="not one of"):
-        train.config.parse(train.build_parser(), ["--config", str(bad)])
+    with pytest.raises(train.config.UsageError, match="not one of"):
+        train.config.load_yaml_defaults(train.build_parser(), str(bad))
 
 
 def test_every_shipped_train_config_parses():
@@ -159,15 +163,15 @@ def test_missing_data_error_says_where_and_how(tmp_path, capsys):
 
 @pytest.mark.parametrize("text,message", [
     ("lr: [0.1\n", "not valid YAML at line 2"),
-    ("momentum: [0.9, 0.8]\n", "momentum: expected one float, got [0.9, 0.8]"),
+    ("momentum: [0.9, 0.8]\n", "momentum: expected a float, got [0.9, 0.8]"),
     ("epochs: 2.5\n", "epochs: expected an integer, got 2.5"),
-    ("lr: {a: 1}\n", "lr: expected one float"),
+    ("lr: {a: 1}\n", "lr: expected a float"),
 ])
-def test_bad_config_files_are_one_line_naming_the_file_and_key(cifar10_root, tmp_path, text, message):
+def test_bad_config_files_are_one_line_naming_the_file_and_key(cifar10_root, tmp_path, capsys, text, message):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     with pytest.raises(SystemExit) as exit_:
         train.main(run_args(cifar10_root, tmp_path) + ["--config", str(cfg)])
-    err = str(exit_.value)  # SystemExit(message): Python prints it as the one line on stderr
-    assert message in err and str(cfg) in err and "\n" not in err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and str(cfg) in err and err.count("\n") == 1
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "log").exists()

@@ -145,13 +145,51 @@ def read_cifar(root, release, train, download=False):
                   f"Get it with download=True (fetches {release.url})."
                   + release.offline_hint.format(root=root))
     warn_if_not_official(files, release.name)
-    batches = [load_pickle_dict(p, ["data", release.label_key]) for p in paths[:-1]]
-    meta = load_pickle_dict(paths[-1], [release.names_key])
-    data = np.concatenate([np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32)
-                           for b in batches])
-    labels = np.concatenate([np.asarray(b[release.label_key], np.int64) for b in batches])
-    classes = [_text(name) for name in meta[release.names_key]]
-    return data.transpose(0, 2, 3, 1), labels, classes
+    names = load_pickle_dict(paths[-1], [release.names_key])[release.names_key]
+    if not (isinstance(names, (list, tuple)) and all(isinstance(n, (str, bytes)) for n in names)):
+        raise ValueError(f"{paths[-1]}: {release.names_key!r} is not a list of class names")
+    batches = [_cifar_batch(p, load_pickle_dict(p, ["data", release.label_key]), release.label_key, len(names))
+               for p in paths[:-1]]
+    data = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    return data.transpose(0, 2, 3, 1), labels, [_text(name) for name in names]
+
+
+def _array(path, content, key):
+    """``content[key]`` as a NumPy array of integers (an empty list, e.g. of an empty batch, reads as floats);
+    anything else (ragged lists, strings, objects) is a ValueError naming the file and the key."""
+    try:
+        array = np.asarray(content[key])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {key!r} is not an array of numbers ({e})") from None
+    if array.size and not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_)):
+        raise ValueError(f"{path}: {key!r} holds {array.dtype} values, expected integers")
+    return array
+
+
+def _check_images(path, key, images, shape):
+    """Refuse an image array that is not (N, *shape) of values in 0..255."""
+    if images.ndim != 1 + len(shape) or images.shape[1:] != shape:
+        raise ValueError(f"{path}: {key!r} has shape {images.shape}, expected (N, {', '.join(map(str, shape))})")
+    if images.dtype != np.uint8 and images.size and (images.min() < 0 or images.max() > 255):
+        raise ValueError(f"{path}: {key!r} holds values outside 0..255, expected uint8 pixels")
+
+
+def _check_labels(path, key, labels, count, num_classes=None):
+    """Refuse labels that are not one per image (``count``), or outside 0..num_classes-1."""
+    if labels.shape != (count,):
+        raise ValueError(f"{path}: {key!r} has shape {labels.shape} for {count} images, expected ({count},)")
+    if num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: {key!r} holds labels outside 0..{num_classes - 1}")
+
+
+def _cifar_batch(path, batch, label_key, num_classes):
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR batch: ``data`` rows of 3072 pixels (CHW) and
+    one label per row, else a ValueError naming the file."""
+    data, labels = _array(path, batch, "data"), _array(path, batch, label_key)
+    _check_images(path, "data", data, (3072,))
+    _check_labels(path, label_key, labels, len(data), num_classes)
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 SVHN_IMG_MAX = 1000  # the head class of SVHN-LT keeps 1000 images (hard-coded upstream)
@@ -182,10 +220,22 @@ def read_svhn(root, split, download=False):
         download_url(url, root, md5=md5)
     require_files([path], "SVHN", f"Get it with download=True (fetches {url}).")
     warn_if_not_official([(path, md5)], "SVHN")
-    mat = scipy.io.loadmat(path)
-    images = np.asarray(mat["X"], np.uint8).transpose(3, 0, 1, 2)
-    labels = np.asarray(mat["y"], np.int64).ravel() % 10
-    return images, labels
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises several kinds (MatReadError, ValueError...) for a damaged file
+        raise ValueError(f"{path}: not a readable MATLAB .mat file (truncated or another format: "
+                         f"{type(e).__name__}: {' '.join(str(e).split())})") from None
+    for key in ("X", "y"):
+        if key not in mat:
+            raise ValueError(f"{path}: no {key!r} array; an SVHN file holds X (32, 32, 3, N) and y (N, 1)")
+    images = _array(path, mat, "X")
+    images = images.transpose(3, 0, 1, 2) if images.ndim == 4 else images
+    _check_images(path, "X", images, (32, 32, 3))
+    labels = _array(path, mat, "y").ravel()
+    _check_labels(path, "y", labels, len(images))
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise ValueError(f"{path}: 'y' holds labels outside 1..10 (10 is digit 0)")
+    return images.astype(np.uint8), labels.astype(np.int64) % 10
 
 
 TINY_IMAGES_FILE = "ti_80M_selected.pickle"
@@ -200,6 +250,10 @@ def read_tiny_images(path):
                   "withdrawn by its authors: use --unlabeled_source cifar10_train (the CIFAR-10 training images "
                   "the labeled subset leaves out) instead.")
     pool = load_pickle_dict(path, ["data"])
-    targets = pool.get("extrapolated_targets")
-    return (np.ascontiguousarray(pool["data"], dtype=np.uint8),
-            None if targets is None else np.asarray(targets, dtype=np.int64))
+    images = _array(path, pool, "data")
+    _check_images(path, "data", images, (32, 32, 3))
+    if pool.get("extrapolated_targets") is None:
+        return np.ascontiguousarray(images, dtype=np.uint8), None
+    targets = _array(path, pool, "extrapolated_targets")
+    _check_labels(path, "extrapolated_targets", targets, len(images))
+    return np.ascontiguousarray(images, dtype=np.uint8), targets.astype(np.int64)

@@ -16,6 +16,7 @@ Default names: ``{data_path}/{stem}.npz`` (what gen_pseudolabels.py writes), els
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Callable
 
 import numpy as np
@@ -36,16 +37,15 @@ def read_pseudo_labels(path, pool_indices, pool_size, num_classes):
     is an error.
     """
     if os.fspath(path).endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            predictions, covered = archive["predictions"], archive["indices"]
+        predictions, covered = read_npz_arrays(path, ("predictions", "indices"))
         if covered.size and (covered.min() < 0 or covered.max() >= pool_size):
             raise ValueError(f"{path}: pool indices outside [0, {pool_size}); was it made for "
                              "another unlabeled pool?")
         lookup = np.full(pool_size, MISSING, np.int64)
         lookup[covered] = predictions
     else:
-        lookup = np.asarray(load_pickle_dict(path, ["extrapolated_targets"])
-                            ["extrapolated_targets"], dtype=np.int64)
+        lookup = _labels(path, "extrapolated_targets",
+                         load_pickle_dict(path, ["extrapolated_targets"])["extrapolated_targets"])
         if len(lookup) != pool_size:
             raise ValueError(f"{path}: {len(lookup)} pseudo-labels for a pool of {pool_size} "
                              "images; was it made for another unlabeled pool?")
@@ -56,6 +56,42 @@ def read_pseudo_labels(path, pool_indices, pool_size, num_classes):
                          f"{invalid[:5].tolist()} ({invalid.size} in all); regenerate it with "
                          "gen_pseudolabels.py over the whole pool")
     return pseudo
+
+
+def _labels(path, key: str, value) -> np.ndarray:
+    """``value`` as int64 labels (N,), else a ValueError naming the file and the key."""
+    try:
+        labels = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {key!r} is not an array of labels ({e})") from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: {key!r} is a {labels.dtype} array of shape {labels.shape}, expected one integer "
+                         "label per pool image (N,)")
+    return labels.astype(np.int64)
+
+
+def read_npz_arrays(path, keys) -> list[np.ndarray]:
+    """The integer arrays ``keys`` of the .npz file ``path``, each (N,) with one N (read with
+    ``allow_pickle=False``); a damaged file, a missing key or another shape is a ValueError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            absent = [key for key in keys if key not in archive.files]
+            if absent:
+                raise ValueError(f"{path}: no array {absent[0]!r} (it holds {archive.files}); write it with "
+                                 "gen_pseudolabels.py")
+            arrays = [_labels(path, key, archive[key]) for key in keys]
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz file (truncated or another format: {e})") from None
+    except ValueError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        if "allow_pickle" in str(e):  # numpy's advice there would turn the protection off: not passed on
+            raise ValueError(f"{path}: holds pickled Python objects (an object array, or not an .npz archive at "
+                             "all), which are never loaded; write plain arrays with gen_pseudolabels.py") from None
+        raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+    if len({len(a) for a in arrays}) > 1:
+        raise ValueError(f"{path}: arrays {list(keys)} differ in length ({[len(a) for a in arrays]})")
+    return arrays
 
 
 def resolve_pseudo_label_file(dataset: str, stem: str, data_path: str, given: str | None = None,

@@ -35,6 +35,10 @@ ALLOWED_GLOBALS = frozenset(_NUMPY_GLOBALS | _CONTAINER_GLOBALS)
 PROTOCOL = 4  # arrays round-trip through the protocol <= 4 globals above on any Python 3.8+
 
 
+class _Refused(pickle.UnpicklingError):
+    """A global outside ``ALLOWED_GLOBALS``: the file was refused, not found unreadable."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, path, encoding):
         super().__init__(file, encoding=encoding)
@@ -42,10 +46,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"refused global '{module}.{name}' in {self._path}: engine.data.safe_pickle only "
-                "loads plain data (containers, numbers, strings, NumPy arrays); convert the file "
-                "to .npz or re-save it from trusted code")
+            raise _Refused(
+                f"refused global '{module}.{name}' in {self._path} (nothing in it was run): engine.data.safe_pickle "
+                "only loads plain data (containers, numbers, strings, NumPy arrays); convert the file to .npz or "
+                "re-save it from trusted code")
         return super().find_class(module, name)
 
 
@@ -58,14 +62,13 @@ def load(path, encoding="ASCII"):
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f, os.fspath(path), encoding).load()
-        except pickle.UnpicklingError as e:
-            if "refused global" in str(e):
-                raise
+        except _Refused:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+                OverflowError, MemoryError, RecursionError) as e:  # what garbage makes the unpickler raise
+            what = "zero bytes" if os.path.getsize(path) == 0 else f"{type(e).__name__}: {' '.join(str(e).split())}"
             raise pickle.UnpicklingError(f"{os.fspath(path)}: not a readable pickle (truncated or another "
-                                         f"format: {e})") from None
-        except (EOFError, ValueError, TypeError, IndexError) as e:
-            raise pickle.UnpicklingError(f"{os.fspath(path)}: not a readable pickle (truncated or another "
-                                         f"format: {type(e).__name__}: {e})") from None
+                                         f"format: {what})") from None
 
 
 def dump(obj, path):

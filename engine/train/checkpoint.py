@@ -118,27 +118,56 @@ def state_bytes(state) -> int:
 
 
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:
-    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the flag that gave the path."""
+    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the flag that gave the path and say
+    what the file is instead (a CheckpointError, on one line)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag}: no checkpoint file at {path!r}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{flag}: cannot read {path!r}: not a checkpoint: zero bytes")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{flag}: cannot read {path!r}: {e.strerror or e}") from e
     except Exception as e:  # a truncated file or a pickle with code both land here
         raise CheckpointError(f"{flag}: cannot read {path!r}: {_load_failure(e)}") from e
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"state_dict": ckpt}  # a bare state_dict
     ckpt = from_decoupled_layout(ckpt)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{flag}: {path!r} holds no 'state_dict': not a checkpoint of this project or the "
-                              "reference code")
+        found = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else f"a dict of {sorted(map(str, ckpt))[:5]}"
+        raise CheckpointError(f"{flag}: {path!r} holds no 'state_dict' ({found}): not a checkpoint of this project "
+                              "or the reference code")
+    weights = ckpt["state_dict"]
+    if not (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in weights.items())):
+        raise CheckpointError(f"{flag}: {path!r}: its 'state_dict' is not a mapping of tensor names to tensors "
+                              f"({_kind(weights)}): not a checkpoint of this project or the reference code")
     return ckpt
+
+
+def _kind(value) -> str:
+    """What a value is, for a message: its type, or for a mapping the first entry that is not a named tensor."""
+    if not isinstance(value, dict):
+        return f"a {type(value).__name__}"
+    key, item = next((k, v) for k, v in value.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+    return f"{key!r} is of type {type(item).__name__}"
 
 
 class CheckpointError(ValueError, RuntimeError):
     """A file given as a checkpoint cannot be used; the message names the flag, the file and why (a user error:
     the scripts print it as one line)."""
+
+
+def check_resumable(ckpt: dict, path: str, flag: str = "--resume") -> None:
+    """Refuse a checkpoint a run cannot continue from: one without an optimizer state or epoch (e.g. a released
+    model, or the reference code's final_model_checkpoint.pth)."""
+    optimizer, epoch = ckpt.get("optimizer"), ckpt.get("epoch")
+    if not (isinstance(optimizer, dict) and {"state", "param_groups"} <= set(optimizer)):
+        raise CheckpointError(f"{flag}: {path!r} holds no optimizer state, so training cannot continue from it "
+                              "(evaluate it with -e, or start from its weights with --pretrained_model)")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{flag}: {path!r}: 'epoch' (the next epoch to run) is {epoch!r}, not a "
+                              "non-negative integer: not a checkpoint of this project")
 
 
 def _load_failure(error: Exception) -> str:
@@ -166,7 +195,7 @@ def from_decoupled_layout(ckpt):
     if not isinstance(ckpt, dict):
         return ckpt
     nets = ckpt.get("state_dict_best", ckpt.get("state_dict"))
-    if not (isinstance(nets, dict) and {"feat_model", "classifier"} <= set(nets)):
+    if not (isinstance(nets, dict) and all(isinstance(nets.get(k), dict) for k in ("feat_model", "classifier"))):
         return ckpt
     merged = {**strip_prefix(nets["feat_model"], "module."), **strip_prefix(nets["classifier"], "module.")}
     best = ckpt.get("best_acc")  # a fraction there, a percentage here
@@ -184,18 +213,45 @@ def model_state(ckpt: dict) -> dict:
     return {("fc" + k[len("linear"):] if k.startswith("linear.") else k): v for k, v in sd.items()}
 
 
+def describe(ckpt: dict) -> str:
+    """What a checkpoint says it holds, e.g. ``a resnet32 checkpoint (100 classes, cosine head)``."""
+    classes = ckpt.get("num_classes")
+    head = model_state(ckpt).get("fc.weight")
+    if classes is None and head is not None and head.dim() == 2 and "use_norm" in ckpt:  # else ambiguous
+        classes = head.shape[1] if ckpt["use_norm"] else head.shape[0]  # a cosine head stores (features, classes)
+    details = [f"{classes} classes"] if classes is not None else []
+    if "use_norm" in ckpt:
+        details.append("cosine head" if ckpt["use_norm"] else "linear head")
+    arch = ckpt.get("arch") or "an unrecorded architecture"
+    return f"a checkpoint of {arch}" + (f" ({', '.join(details)})" if details else "")
+
+
+def state_mismatch(own: dict, theirs: dict) -> str:
+    """Why the tensors ``theirs`` cannot be loaded strictly into a module whose ``state_dict()`` is ``own``, in
+    one line ("" when they can): the tensors of other shapes, the missing ones, the extra ones."""
+    shapes = [k for k in theirs if k in own and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensors differ in shape, e.g. {k} {tuple(theirs[k].shape)} in the file vs "
+                     f"{tuple(own[k].shape)} in the model")
+    if missing:
+        parts.append(f"it lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}")
+    if extra:
+        parts.append(f"it has {len(extra)} tensors the model lacks, e.g. {extra[:3]}")
+    return "; ".join(parts)
+
+
 def load_model_weights(model: nn.Module, ckpt: dict, flag: str = "--resume") -> None:
-    """Load a full model checkpoint strictly, with a clear error when its classes or layers differ."""
+    """Load a full model checkpoint strictly; when it does not fit, a CheckpointError saying what the checkpoint
+    is and which tensors differ (engine.config checks the scripts' checkpoints this way before a run starts)."""
     sd = model_state(ckpt)
-    own = model.state_dict()
-    if "fc.weight" in sd and "fc.weight" in own and sd["fc.weight"].shape != own["fc.weight"].shape:
-        raise ValueError(f"{flag}: the checkpoint's classifier has shape {tuple(sd['fc.weight'].shape)} but the "
-                         f"model needs {tuple(own['fc.weight'].shape)}: it was trained on another dataset/number of classes "
-                         "or another loss head (LDAM uses a NormedLinear head)")
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{flag}: checkpoint does not match --arch {ckpt.get('arch', '?')!r}: missing "
-                         f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    mismatch = state_mismatch(model.state_dict(), sd)
+    if mismatch:
+        raise CheckpointError(f"{flag}: {describe(ckpt)} does not fit the model: {mismatch}")
+    model.load_state_dict(sd)
 
 
 def backbone_state(ckpt: dict) -> dict:
@@ -211,33 +267,41 @@ def backbone_state(ckpt: dict) -> dict:
     return {k: v for k, v in sd.items() if k.split(".")[0] not in HEAD_KEYS}
 
 
-def load_pretrained_backbone(model: nn.Module, path: str, flag: str = "--pretrained_model",
-                             skip: Iterable[str] = HEAD_KEYS) -> dict:
-    """Initialise ``model``'s backbone from a self-supervised checkpoint; the classifier stays fresh.
-
-    Returns {'loaded': [...], 'missing': [...]} (keys of the model). Refuses a checkpoint that matches no
-    key, whose matching keys have other shapes, or that holds or lacks backbone tensors (another
-    architecture): upstream users silently loaded nothing (docs/protocols.md#differences-from-the-upstream-code).
-    """
-    src = backbone_state(load_checkpoint(path, flag))
-    own = model.state_dict()
+def backbone_fit(own: dict, ckpt: dict, path: str, flag: str = "--pretrained_model",
+                 skip: Iterable[str] = HEAD_KEYS) -> tuple[list[str], list[str]]:
+    """(keys of ``own`` the checkpoint's backbone gives, keys it leaves fresh) for a model whose ``state_dict()``
+    is ``own``. Refuses (CheckpointError) a checkpoint that matches no key, whose matching keys have other shapes,
+    or that holds or lacks backbone tensors (another architecture): upstream users silently loaded nothing
+    (docs/protocols.md#differences-from-the-upstream-code)."""
+    src = backbone_state(ckpt)
+    what = f"{flag}: {path!r} ({describe(ckpt)})"
     wrong_shape = [k for k in src if k in own and src[k].shape != own[k].shape]
     if wrong_shape:
-        raise ValueError(f"{flag}: {path!r} is for another architecture: {len(wrong_shape)} tensors differ in "
-                         f"shape, e.g. {wrong_shape[0]} {tuple(src[wrong_shape[0]].shape)} vs "
-                         f"{tuple(own[wrong_shape[0]].shape)}")
+        raise CheckpointError(f"{what} is for another architecture: {len(wrong_shape)} tensors differ in shape, "
+                              f"e.g. {wrong_shape[0]} {tuple(src[wrong_shape[0]].shape)} vs "
+                              f"{tuple(own[wrong_shape[0]].shape)}")
     matched = [k for k in own if k in src]
     foreign = [k for k in src if k not in own]
     if matched and foreign:
-        raise ValueError(f"{flag}: {path!r} has backbone weights the model lacks, e.g. {foreign[:3]}: it was "
-                         "trained with another (deeper or different) --arch")
+        raise CheckpointError(f"{what} has backbone weights the model lacks, e.g. {foreign[:3]}: it was trained "
+                              "with another (deeper or different) --arch")
     if not matched:
-        raise ValueError(f"{flag}: no key of {path!r} matches the model (checkpoint keys look like "
-                         f"{list(src)[:3]}, the model's like {list(own)[:3]})")
-    model.load_state_dict({k: src[k] for k in matched}, strict=False)
+        raise CheckpointError(f"{what}: no key matches the model (checkpoint keys look like {list(src)[:3]}, the "
+                              f"model's like {list(own)[:3]})")
     missing = [k for k in own if k not in src]
     unexpected_backbone = [k for k in missing if k.split(".")[0] not in skip]
     if unexpected_backbone:
-        raise ValueError(f"{flag}: {path!r} lacks backbone weights {unexpected_backbone[:5]}: "
-                         "is it a checkpoint of the same --arch?")
+        raise CheckpointError(f"{what} lacks backbone weights {unexpected_backbone[:5]}: is it a checkpoint of the "
+                              "same --arch?")
+    return matched, missing
+
+
+def load_pretrained_backbone(model: nn.Module, path: str, flag: str = "--pretrained_model",
+                             skip: Iterable[str] = HEAD_KEYS) -> dict:
+    """Initialise ``model``'s backbone from a self-supervised checkpoint (``backbone_fit``); the classifier stays
+    fresh. Returns {'loaded': [...], 'missing': [...]} (keys of the model)."""
+    ckpt = load_checkpoint(path, flag)
+    matched, missing = backbone_fit(model.state_dict(), ckpt, path, flag, skip)
+    src = backbone_state(ckpt)
+    model.load_state_dict({k: src[k] for k in matched}, strict=False)
     return {"loaded": matched, "missing": missing}
