@@ -159,10 +159,14 @@ def check_resume(args: argparse.Namespace) -> None:
     check_resumable(ckpt, args.resume)
 
 
-def build_loader(args, spec: DatasetSpec, device: torch.device, seed: int) -> TorchLoader:
-    """Two views per image; each process draws its share of every total batch of -b (drop_last, as upstream)."""
-    views = TwoCropsTransform(AUGMENTATIONS[args.aug_plus](spec.image_size, spec.mean, spec.std))
-    return TorchLoader(train_set(args, spec, views), batch_size=distributed.per_process_batch(args.batch_size),
+def two_view_set(args, spec: DatasetSpec):
+    """The training images, each item two augmented views (read, and checked, before the run writes anything)."""
+    return train_set(args, spec, TwoCropsTransform(AUGMENTATIONS[args.aug_plus](spec.image_size, spec.mean, spec.std)))
+
+
+def build_loader(args, dataset, device: torch.device, seed: int) -> TorchLoader:
+    """Each process draws its share of every total batch of -b (drop_last, as upstream)."""
+    return TorchLoader(dataset, batch_size=distributed.per_process_batch(args.batch_size),
                        device=device, train=True, workers=-(-args.workers // distributed.world_size()), seed=seed,
                        drop_last=True)
 
@@ -184,11 +188,12 @@ def main(argv=None) -> torch.nn.Module:
     args = config.parse(build_parser(), argv, validate)
     spec = DATASETS[args.dataset]
     vars(args).update(source_defaults(vars(args)))
+    dataset = two_view_set(args, spec)
     exp = Experiment(log_dir=os.path.join(args.root_log, RUN.run_name(vars(args))), record=config.args_to_dict(args),
                      device=config.resolve_device(args), seed=args.seed, resume=args.resume,
                      dist_timeout=args.dist_timeout, figures=args.figures)
     device, seed = exp.device, exp.seed
-    loader = build_loader(args, spec, device, seed)
+    loader = build_loader(args, dataset, device, seed)
     moco = build_moco_model(args, device, exp.resume)
     # All parameters, as the reference (its optimizer state then resumes here); the key encoder gets no
     # gradient, and SGD skips parameters without one.

@@ -316,7 +316,8 @@ def test_a_second_run_into_a_busy_folder_stops_naming_the_first(cifar10_root, tm
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "LOCKED"
-        with pytest.raises(runlock.RunFolderBusy, match=f"another run \\(pid {holder.pid} on .*, started .*: -c "):
+        with pytest.raises(runlock.RunFolderBusy, match=f"another run writes to this folder \\(pid {holder.pid} on .*, "
+                                                        "started .*: -c "):
             train.main(argv)
     finally:
         holder.kill()
@@ -342,8 +343,8 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over_with_a_note(tmp_path, capfd):
 def test_too_little_disk_space_fails_before_training(cifar10_root, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: 10_000)
     start = time.perf_counter()
-    with pytest.raises(checkpoint.DiskFullError, match=r"not enough disk space in .*ckpt.*: 0\.0 MB free, the next "
-                                                       r"checkpoint needs about [1-9][0-9.]* MB"):
+    with pytest.raises(checkpoint.DiskFullError, match=r"not enough disk space for the next checkpoint: 0\.0 MB free, "
+                                                       r"about [1-9][0-9.]* MB needed: '.*ckpt.*'"):
         train.main(tiny_cifar(cifar10_root, tmp_path))
     assert time.perf_counter() - start < 60
     assert not glob.glob(str(tmp_path / "ckpt" / "*" / "*.pth.tar"))
@@ -362,8 +363,8 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(cifar10_root, tmp
         real_save(obj, f)
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk_on_second_save)
-    with pytest.raises(checkpoint.DiskFullError, match=r"no space left on the disk of .* while writing "
-                                                       r"ckpt\.pth\.tar .*the previous file is intact"):
+    with pytest.raises(checkpoint.DiskFullError, match=r"no space left on the device .*the previous file is intact"
+                                                       r"\): '.*ckpt\.pth\.tar'"):
         script.main(script.argv(tmp_path))
     ckpt_dir = script.ckpt_dir(tmp_path)
     assert load_checkpoint(str(ckpt_dir / "ckpt.pth.tar"))["epoch"] == 1
@@ -400,3 +401,14 @@ def test_an_evaluation_creates_no_run_folder(cifar10_root, tmp_path):
     (ckpt,) = glob.glob(str(tmp_path / "trained" / "ckpt" / "*" / "ckpt.pth.tar"))
     train.main(tiny_cifar(cifar10_root, tmp_path / "eval", "-e", "--resume", ckpt))
     assert not (tmp_path / "eval").exists()
+
+
+def test_the_cli_reports_a_full_disk_in_one_line_naming_the_folder_and_flag(cifar10_root, tmp_path, monkeypatch):
+    from engine import config
+
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda folder: 10_000)
+    with pytest.raises(SystemExit) as stop:
+        config.run_cli(lambda: train.main(tiny_cifar(cifar10_root, tmp_path)))
+    message = str(stop.value.code)
+    assert message.startswith("error: not enough disk space for the next checkpoint: 0.0 MB free, about ")
+    assert str(tmp_path / "ckpt") in message and "(--root_model)" in message and "\n" not in message

@@ -64,11 +64,8 @@ def _raising(parser: argparse.ArgumentParser, where: str) -> argparse.ArgumentPa
 def parse_values(script: Script, parser: argparse.ArgumentParser, argv: list[str], where: str) -> dict:
     """The flag values ``argv`` gives ``script`` (its YAML config merged, flag-dependent defaults filled in),
     before the script's own checks."""
-    try:
-        args = engine_config.parse(_raising(parser, where), argv, validate=lambda args: None,
-                                   translate=script.run.translate)
-    except SystemExit as e:  # load_yaml_defaults reports a bad --config file this way
-        raise TableError(f"{where}: {e}") from None
+    args = engine_config.parse(_raising(parser, where), argv, validate=lambda args: None,
+                               translate=script.run.translate)
     return script.run.resolve(vars(args)) if script.run.resolve is not None else vars(args)
 
 

@@ -30,14 +30,12 @@ def _umask() -> int:
 
 
 class DiskFullError(OSError):
-    """The disk cannot hold a file the run must write; the message names the folder and the space needed (a run
-    failure: the scripts print it as one line)."""
+    """The disk cannot hold a file the run must write (errno ENOSPC): the message says how much was needed or
+    written and how much is free, ``filename`` is the file or folder (a run failure: the scripts print it as one
+    line)."""
 
-    def __init__(self, message: str):
-        super().__init__(errno.ENOSPC, message)
-
-    def __str__(self) -> str:
-        return self.strerror
+    def __init__(self, message: str, path: str):
+        super().__init__(errno.ENOSPC, message, path)
 
 
 def free_bytes(folder: str) -> int:
@@ -53,8 +51,8 @@ def ensure_space(folder: str, needed: int) -> None:
     os.makedirs(folder, exist_ok=True)
     free = free_bytes(folder)
     if free < needed:
-        raise DiskFullError(f"not enough disk space in {folder}: {_mb(free)} free, the next checkpoint needs about "
-                            f"{_mb(needed)}; free some space or write the checkpoints to another disk")
+        raise DiskFullError(f"not enough disk space for the next checkpoint: {_mb(free)} free, about {_mb(needed)} "
+                            "needed", folder)
 
 
 def _is_disk_full(error: BaseException) -> bool:
@@ -86,9 +84,8 @@ def atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         if _is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise DiskFullError(f"no space left on the disk of {folder} while writing {os.path.basename(path)} "
-                                f"({_mb(written)} written, {_mb(free_bytes(folder))} free); the previous file is "
-                                "intact: free some space and resume") from e
+            raise DiskFullError(f"no space left on the device ({_mb(written)} of the file written, "
+                                f"{_mb(free_bytes(folder))} free; the previous file is intact)", path) from e
         raise
 
 

@@ -20,8 +20,12 @@ LOCK_NAME = ".lock"
 _held: dict[str, int] = {}  # real folder path -> open descriptor of this process's lock
 
 
-class RunFolderBusy(RuntimeError):
-    """Another live process writes to the run folder (a user error: the scripts print it as one line)."""
+class RunFolderBusy(OSError):
+    """Another live process writes to the run folder (errno EBUSY, ``filename`` the folder; a run failure: the
+    scripts print it as one line)."""
+
+    def __init__(self, message: str, folder: str):
+        super().__init__(errno.EBUSY, message, folder)
 
 
 def _describe(info: dict) -> str:
@@ -59,8 +63,8 @@ def acquire(folder: str) -> None:
             return
         other = _read(fd)
         os.close(fd)
-        raise RunFolderBusy(f"{folder} is being written by another run ({_describe(other)}); wait for it to "
-                            "finish, stop it, or write this run elsewhere (another --exp_str or output folder)") from None
+        raise RunFolderBusy(f"another run writes to this folder ({_describe(other)}); wait for it to finish, stop "
+                            "it, or write this run elsewhere (another --exp_str or output folder)", folder) from None
     previous = _read(fd)
     if previous.get("pid") not in (None, os.getpid()):
         print(f"=> note: took over the lock of {folder} from a run that is no longer running "

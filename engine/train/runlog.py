@@ -70,10 +70,15 @@ def read_records(path: str) -> list[dict]:
 
 def append_line(path: str, text: str) -> None:
     """Append ``text`` to ``path`` and flush it to the disk before the run goes on."""
-    with open(path, "a") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e  # write() itself names no file
 
 
 class RunLog:
