@@ -6,7 +6,8 @@ own folder, and observes only what the run leaves behind:
 
 * ``run_names`` / ``layout``: the run folders and the sorted file list (TensorBoard event files by folder only:
   their names hold the host and the time);
-* every JSON file (final.json, shifted_eval.json, eval_test.json) and metrics.jsonl, without ``time_*`` fields;
+* every JSON file (final.json, shifted_eval.json, eval_test.json) and metrics.jsonl, without ``time_*`` fields
+  (nor do the checkpoints' epoch records keep theirs);
 * args.yaml (keys and values); CSV files (lines);
 * every checkpoint, read with ``torch.load(map_location="cpu", weights_only=True)``: a SHA-256 per tensor
   (state_dict, optimizer state, MoCo queue...) and every other field;
@@ -511,7 +512,7 @@ def _array_digest(a: np.ndarray):
 def _read(path: Path):
     name = path.name
     if name.endswith((".pth.tar", ".pth")):
-        return _plain(torch.load(path, map_location="cpu", weights_only=True))
+        return _drop_times(_plain(torch.load(path, map_location="cpu", weights_only=True)))  # its epoch records
     if name.endswith(".jsonl"):
         return [_drop_times(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     if name.endswith(".json"):
