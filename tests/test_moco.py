@@ -185,7 +185,7 @@ def test_checkpoints_in_upstream_layout_resume_and_initialise_train_model(tiny_c
     moco = pretrain_moco.main(moco_args(tiny_cifar10, tmp_path, "--epochs", "3", "-p", "2", "-b", "20",
                                         "--moco-k", "80", "--moco-dim", "16"))
     folder = tmp_path / "moco" / "cifar10" / "checkpoint"
-    assert sorted(os.listdir(folder)) == ["moco_ckpt_0002.pth.tar", "moco_ckpt_0003.pth.tar"]
+    assert sorted(os.listdir(folder)) == [".lock", "moco_ckpt_0002.pth.tar", "moco_ckpt_0003.pth.tar"]
     ckpt = load_checkpoint(str(folder / "moco_ckpt_0003.pth.tar"))
     assert ckpt["epoch"] == 3 and ckpt["arch"] == "resnet20" and "optimizer" in ckpt
     sd = ckpt["state_dict"]

@@ -5,11 +5,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 import reproduce
 from engine import tables
@@ -35,7 +37,8 @@ def flag(tokens, name):
 def write_spec(folder, stem, **fields):
     spec = {"name": stem, "title": "synthetic", "sources": {"paper": "a hand-made number"}, "metric": "error",
             "rand_number": 0, "seeds": [0, 1],
-            "defaults": {"arch": "resnet20", "batch_size": 64, "epochs": 1, "eval_batch_size": 200},
+            "defaults": {"arch": "resnet20", "batch_size": 64, "epochs": 1, "eval_batch_size": 200,
+                         "figures": False},  # the runs' own figures cost seconds each; drawn in one test below
             "columns": [{"key": "c10", "label": "CIFAR-10 rho=10", "overrides": {"dataset": "cifar10",
                                                                                   "imb_factor": 0.1}}],
             "rows": [{"key": "CE", "label": "CE", "overrides": {"loss_type": "CE"},
@@ -302,7 +305,7 @@ def test_synthetic_table_runs_reports_and_skips(cifar10_root, tmp_path):
 def test_a_table_with_a_validation_split_reports_the_three_numbers(cifar10_root, tmp_path):
     spec = write_spec(tmp_path, "withval", seeds=[0], compare="val",
                       defaults={"arch": "resnet20", "batch_size": 64, "epochs": 2, "eval_batch_size": 200,
-                                "val_split": 5},
+                                "val_split": 5, "figures": True},
                       rows=[{"key": "CE", "label": "CE", "overrides": {"loss_type": "CE"},
                              "paper": {"c10": {"value": 80.0, "source": "paper", "tag": "R"}}}])
     out = tmp_path / "results"
@@ -315,6 +318,12 @@ def test_a_table_with_a_validation_split_reports_the_three_numbers(cifar10_root,
     assert float(line["diff_ours_minus_paper"]) == pytest.approx(float(line["val_mean"]) - 80.0, abs=1e-3)
     markdown = (out / "withval.md").read_text()
     assert "| ours: last | ours: val-selected | ours: best |" in markdown and "`--val_split`" in markdown
+    # the results page: a figure per column, embedded, and every cell's runs linked to the figures they drew
+    with Image.open(out / "withval_figures" / "c10.png") as image:
+        assert image.format == "PNG" and image.size == (1000, 600)
+    assert "![CIFAR-10 rho=10: top-1 error (%) = 100 - top-1 accuracy](withval_figures/c10.png)" in markdown
+    (link,) = re.findall(r"\* CE: \[seed 0\]\(([^)]+)\)", markdown)
+    assert (out / link / "curves.png").is_file() and (out / link / "reliability_val_selected.png").is_file()
 
 
 def test_failed_stage_is_reported_and_blocks_its_pipeline(cifar10_root, tmp_path):

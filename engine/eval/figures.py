@@ -43,7 +43,8 @@ DPI = 100
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
          "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 14, "axes.grid": True,
          "grid.alpha": 0.3}
-SIZES = {"curves": (15, 9), "per_class": (10, 6), "confusion": (9, 8), "reliability": (7, 8), "shifted": (10, 6)}
+SIZES = {"curves": (15, 9), "per_class": (10, 6), "confusion": (9, 8), "reliability": (7, 8), "shifted": (10, 6),
+         "table_column": (10, 6)}
 SELECTIONS = {"last": "last epoch", "best": "test-selected best", "val_selected": "validation-selected"}
 MARKS = {"best": ("tab:red", "--"), "last": ("0.35", ":"), "val_selected": ("tab:green", "-.")}
 GROUPS = (("many", f"many-shot (>{MANY_SHOT})", "tab:blue"),  # (metrics key, label, colour)
@@ -421,3 +422,41 @@ def write_figures(run_dir: str, class_names: Sequence[str] | None = None, writer
     if writer is not None:
         writer.flush()
     return paths, notes
+
+
+TABLE_SELECTIONS = (("last", "last epoch", "0.45"), ("val", "validation-selected", "tab:green"),
+                    ("best", "test-selected best", "tab:blue"))
+
+
+def table_column_figure(title: str, metric: str, rows: Sequence[dict]) -> Figure:
+    """One column of a reproduced table: per row (method), ours as mean ± sample std over seeds for the last
+    epoch, the validation-selected and the test-selected epoch (bars with error bars; a selection no run has is
+    left out), and the paper's number as a black diamond. ``rows``: dicts with ``label``, ``paper`` (or None) and
+    ``{sel}_mean`` / ``{sel}_std`` for sel in last / val / best."""
+    fig = _figure("table_column")
+    ax = fig.add_subplot()
+    shown = [s for s in TABLE_SELECTIONS if any(r.get(f"{s[0]}_mean") is not None for r in rows)]
+    width = 0.8 / max(len(shown), 1)
+    y = np.arange(len(rows))
+    for k, (sel, label, colour) in enumerate(shown):
+        means = [np.nan if r.get(f"{sel}_mean") is None else r[f"{sel}_mean"] for r in rows]
+        stds = [0.0 if r.get(f"{sel}_std") is None else r[f"{sel}_std"] for r in rows]
+        bars = ax.barh(y + (k - (len(shown) - 1) / 2) * width, means, height=width, xerr=stds, color=colour,
+                       alpha=0.85, capsize=3, label=f"ours: {label} (mean ± std over seeds)")
+        ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.2f}" for m in means], label_type="center",
+                     color="white", fontsize=9)
+    papers = [(i, r["paper"]) for i, r in enumerate(rows) if r.get("paper") is not None]
+    if papers:
+        ax.scatter([p for _, p in papers], [i for i, _ in papers], marker="D", color="black", zorder=3, s=36,
+                   label="paper")
+    ax.set_yticks(y, [r["label"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.set_title(title)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=9)
+    return fig
+
+
+def write_table_figure(path: str, title: str, metric: str, rows: Sequence[dict]) -> None:
+    fig = table_column_figure(title, metric, rows)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))

@@ -165,12 +165,48 @@ def report_rows(plan: Plan, records: list[dict]) -> list[dict]:
     return rows
 
 
+def results_page(plan: Plan, records: list[dict]) -> str:
+    """The Markdown of the table's figures, ``{stem}_figures/<column>.png`` (written by ``write_report``): one per
+    column, and under each, every cell's runs linked to their figure folders."""
+    metric = METRICS[plan.table.metric].description
+    lines = ["", "## Figures", "",
+             f"Per column: ours ({', '.join(SELECTION_LABELS.values())}; mean ± sample std over seeds) against the "
+             "paper's number (black diamond). Each cell's runs link to the figures their runs drew.", ""]
+    for column in plan.table.columns:
+        lines += [f"### {column.label}", "", f"![{column.label}: {metric}]({plan.stem}_figures/{column.key}.png)", ""]
+        for r in (r for r in records if r["column"] == column.key):
+            links = [f"[seed {seed}]({os.path.relpath(os.path.join(os.path.dirname(job.marker), 'figures'), plan.out)})"
+                     for seed, job in sorted(plan.cells[(r["row"], column.key)].items()) if job.finished()]
+            lines.append(f"* {r['row_label']}: " + (", ".join(links) if links else "no finished run"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_figures(plan: Plan, records: list[dict]) -> list[str]:
+    """``{out}/{stem}_figures/<column>.png``: each column's rows, ours next to the paper's (engine.eval.figures)."""
+    from engine.eval.figures import write_table_figure  # matplotlib is loaded only to draw
+
+    folder = os.path.join(plan.out, f"{plan.stem}_figures")
+    os.makedirs(folder, exist_ok=True)
+    metric = METRICS[plan.table.metric].description
+    paths = []
+    for column in plan.table.columns:
+        rows = [dict(r, label=r["row_label"], paper=None if r["paper"] is None else r["paper"].value)
+                for r in records if r["column"] == column.key]
+        paths.append(os.path.join(folder, f"{column.key}.png"))
+        write_table_figure(paths[-1], f"{plan.table.title}: {column.label}", metric, rows)
+    return paths
+
+
 def write_report(plan: Plan, result: RunResult | None = None) -> tuple[str, str]:
-    """Write ``{out}/{stem}.md`` and ``{out}/{stem}.csv``; returns their paths."""
+    """Write ``{out}/{stem}.md`` (with the results page: ``{stem}_figures/``, one figure per column) and
+    ``{out}/{stem}.csv``; returns their paths."""
     records = collect(plan)
     os.makedirs(plan.out, exist_ok=True)
     md_path, csv_path = os.path.join(plan.out, f"{plan.stem}.md"), os.path.join(plan.out, f"{plan.stem}.csv")
-    atomic_write(md_path, lambda f: f.write(report_markdown(plan, records, result).encode()))
+    write_figures(plan, records)
+    page = report_markdown(plan, records, result) + results_page(plan, records)
+    atomic_write(md_path, lambda f: f.write(page.encode()))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
     writer.writeheader()
