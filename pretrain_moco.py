@@ -27,7 +27,7 @@ from engine import config
 from engine.train import distributed
 from engine.train.checkpoint import check_resumable, load_checkpoint, strip_prefix
 from engine.data.datasets import DATASETS, DatasetSpec
-from engine.train.experiment import Experiment
+from engine.train.experiment import Experiment, subset_parts, write_subsets
 from engine.data.loaders import TorchLoader
 from engine.methods import MoCoMethod
 from engine.methods.moco import AUGMENTATIONS, TwoCropsTransform, build_moco
@@ -189,10 +189,13 @@ def main(argv=None) -> torch.nn.Module:
     spec = DATASETS[args.dataset]
     vars(args).update(source_defaults(vars(args)))
     dataset = two_view_set(args, spec)
-    exp = Experiment(log_dir=os.path.join(args.root_log, RUN.run_name(vars(args))), record=config.args_to_dict(args),
+    parts = subset_parts(dataset, None, None, spec.num_classes)
+    record = dict(config.args_to_dict(args), subset_sha256={name: part["sha256"] for name, part in parts.items()})
+    exp = Experiment(log_dir=os.path.join(args.root_log, RUN.run_name(vars(args))), record=record,
                      device=config.resolve_device(args), seed=args.seed, resume=args.resume,
                      dist_timeout=args.dist_timeout, figures=args.figures)
     device, seed = exp.device, exp.seed
+    write_subsets(exp.run, spec.name, parts)
     loader = build_loader(args, dataset, device, seed)
     moco = build_moco_model(args, device, exp.resume)
     # All parameters, as the reference (its optimizer state then resumes here); the key encoder gets no

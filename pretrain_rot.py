@@ -50,7 +50,8 @@ def rotation_train_set(train_set):
     """The training images as a 4-class set. Targets i mod 4 stand for a balanced rotation assignment (the
     counts the loss and --train_rule are built from); the labels trained on are drawn per batch by ``rotate``."""
     if hasattr(train_set, "data"):
-        return ImageArrayDataset(train_set.data, np.arange(len(train_set.data)) % 4, ROTATIONS)
+        return ImageArrayDataset(train_set.data, np.arange(len(train_set.data)) % 4, ROTATIONS,
+                                 indices=getattr(train_set, "indices", None))
     relabeled = copy.copy(train_set)  # image files: same images and transform, rotation stand-in targets
     relabeled.targets, relabeled.num_classes = (np.arange(len(train_set)) % 4).tolist(), len(ROTATIONS)
     return relabeled

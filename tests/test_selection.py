@@ -1,5 +1,6 @@
 """Model selection on a validation part (--val_split) and subset provenance (subsets.json, --subset_file)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -109,3 +110,21 @@ def test_bad_subset_files_are_refused_naming_the_file(cifar10_root, tmp_path, ca
         train.config.run_cli(lambda: train.main(run_args(cifar10_root, tmp_path / "out", "--subset_file", str(bad))))
     assert f"--subset_file '{bad}'" in f"{stop.value.code} {capsys.readouterr().err}"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_pretraining_scripts_record_their_training_subset(cifar10_root, tmp_path):
+    import glob
+
+    import pretrain_moco
+    import pretrain_rot
+
+    pretrain_rot.main(run_args(cifar10_root, tmp_path / "rot", epochs=1))
+    pretrain_moco.main(["--dataset", "cifar10", "--data", str(cifar10_root), "--imb_factor", "0.1", "-a", "resnet20",
+                        "--device", "cpu", "--seed", "0", "-j", "0", "--root_path", str(tmp_path / "moco" / "ckpt"),
+                        "--root_log", str(tmp_path / "moco" / "log"), "-b", "32", "--moco-k", "64",
+                        "--moco-dim", "8", "--epochs", "1"])
+    reference = json.load(open(glob.glob(str(tmp_path / "rot" / "log" / "*" / "subsets.json"))[0]))["parts"]["train"]
+    (moco,) = glob.glob(str(tmp_path / "moco" / "log" / "*"))
+    part = json.load(open(os.path.join(moco, "subsets.json")))["parts"]["train"]
+    assert part["indices"] == reference["indices"] and len(part["indices"]) == 403
+    assert yaml.safe_load(open(os.path.join(moco, "args.yaml")))["subset_sha256"]["train"] == part["sha256"]

@@ -212,6 +212,13 @@ def subset_parts(train_set, test_set, val_set, num_classes: int) -> dict:
     return parts
 
 
+def write_subsets(run: RunLog, dataset: str, parts: dict) -> None:
+    """``subsets.json`` in the run's log folder (engine/data/subsets.py), when any part's indices are known."""
+    if parts and run.enabled:
+        write_json(os.path.join(run.dir, subsets.FILE), {"format": subsets.FORMAT, "dataset": dataset,
+                                                         "parts": parts})
+
+
 def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_set,
                        method_class: type[Classification] = Classification, val_set=None) -> dict:
     """Train (or with ``cfg.evaluate`` evaluate) a classifier of ``train_set``; returns the summary or the
@@ -229,9 +236,8 @@ def run_classification(cfg: ClassifierRun, spec: DatasetSpec, train_set, test_se
                      device=cfg.device, seed=cfg.seed, resume=cfg.resume, tensorboard=not cfg.evaluate,
                      dist_timeout=cfg.dist_timeout, figures=cfg.figures)
     device, run = exp.device, exp.run
-    if not cfg.evaluate and run.enabled:
-        write_json(os.path.join(run.dir, subsets.FILE), {"format": subsets.FORMAT, "dataset": spec.name,
-                                                         "parts": parts})
+    if not cfg.evaluate:
+        write_subsets(run, spec.name, parts)
     if cfg.evaluate:
         check_trained_loss(cfg, exp.resume)
     cls_num_list = train_set.get_cls_num_list()
