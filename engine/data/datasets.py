@@ -151,13 +151,10 @@ class DatasetSpec:
 
     def indexed_arrays(self, split: str, *, data_path: str, imb_type: str = "exp", imb_factor: float = 0.01,
                        rand_number: int = 0, download: bool = False, img_max: float | None = None,
-                       subset_file: str | None = None, val_split: int = 0, val_part: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+                       subset_file: str | None = None) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
         """``arrays`` with the indices into ``split`` of the images kept (engine/data/subsets.py: provenance).
 
-        Training split: the long-tailed draw, or the images ``subset_file`` lists. Other splits: whole, or with
-        ``val_split`` K > 0 split in two: K images per class held out (seeded by ``rand_number``) form the
-        validation part (``val_part=True``), the rest the test part."""
+        Training split: the long-tailed draw, or the images ``subset_file`` lists. Other splits: whole."""
         check_imb_factor(imb_factor)
         self._check_split(split)
         data, labels, classes = self._read(data_path, split, download)
@@ -165,9 +162,6 @@ class DatasetSpec:
             keep = (read_subset_file(subset_file, labels, self.num_classes) if subset_file else
                     self._long_tail(labels, imb_type, imb_factor, rand_number, img_max))
             check_unique(keep, f"the training subset of --dataset {self.name}")
-        elif val_split:
-            kept, held = holdout(labels, val_split, rand_number, self.num_classes)
-            keep = held if val_part else kept
         else:
             keep = np.arange(len(labels))
         return data[keep], labels[keep], classes, keep
@@ -182,7 +176,7 @@ class DatasetSpec:
               rand_number: int = 0, download: bool = False, img_max: float | None = None, transform=None,
               list_file: str | None = None, augment: bool | None = None, crop_size: int = 224,
               resize_size: int = 256, decode: str = "tensor", num_classes: int | None = None,
-              subset_file: str | None = None, val_split: int = 0, val_part: bool = False):
+              subset_file: str | None = None):
         """The ``split`` data set. In-memory: an ``ImageArrayDataset`` of ``indexed_arrays(...)`` with the PIL
         ``transform`` (``.indices``: its images' indices into the split). Split files: a ``ListDataset`` of
         ``list_file`` (default: the reference's split file) under ``data_path``, with ``transform`` or the
@@ -192,23 +186,28 @@ class DatasetSpec:
         if self.in_memory:
             *arrays, indices = self.indexed_arrays(split, data_path=data_path, imb_type=imb_type,
                                                    imb_factor=imb_factor, rand_number=rand_number, download=download,
-                                                   img_max=img_max, subset_file=subset_file, val_split=val_split,
-                                                   val_part=val_part)
+                                                   img_max=img_max, subset_file=subset_file)
             return ImageArrayDataset(*arrays, transform=transform, indices=indices)
-        if subset_file or val_split:
-            raise ValueError(f"--subset_file and --val_split are for the in-memory data sets; --dataset {self.name} "
-                             "has split files: pass the lists (its val list serves for selection)")
+        if subset_file:
+            raise ValueError(f"--subset_file is for the in-memory data sets; --dataset {self.name} has split files: "
+                             "pass the lists")
         if transform is None:
             transform = list_transform(self, split == "train" if augment is None else augment, crop_size, resize_size)
         return ListDataset(data_path, list_file or self.reference_list_file(split), transform, num_classes,
                            decode=decode)
 
-    def build_eval(self, *, val_split: int = 0, **kwargs):
-        """(test set, validation set or None) of ``eval_split``: with ``val_split`` K > 0, K images per class are
-        held out of it as the validation part (``build``'s keywords)."""
+    def build_eval(self, *, val_split: int = 0, transform=None, **kwargs):
+        """(test set, validation set or None) of ``eval_split`` (``build``'s keywords): with ``val_split`` K > 0,
+        K images per class held out of it (seeded by ``rand_number``) form the validation part and the rest the
+        test part; the split is read once."""
         if not val_split:
-            return self.build(self.eval_split, **kwargs), None
-        return tuple(self.build(self.eval_split, val_split=val_split, val_part=part, **kwargs) for part in (False, True))
+            return self.build(self.eval_split, transform=transform, **kwargs), None
+        if not self.in_memory:
+            raise ValueError(f"--val_split is for the in-memory data sets; --dataset {self.name} has split files: "
+                             "its val list serves for selection")
+        data, labels, classes, _ = self.indexed_arrays(self.eval_split, **kwargs)
+        parts = holdout(labels, val_split, kwargs.get("rand_number", 0), self.num_classes)
+        return tuple(ImageArrayDataset(data[i], labels[i], classes, transform=transform, indices=i) for i in parts)
 
     # -- semi-supervised sets --------------------------------------------------------------------------------
     def unlabeled_source(self, source: str | None) -> str | None:
