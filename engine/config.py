@@ -29,7 +29,7 @@ import registry
 from engine.train import distributed
 from engine.data.datasets import unlabeled_source_choices
 from engine.train.checkpoint import (CheckpointError, backbone_fit, check_resumable, describe, load_checkpoint,
-                                     model_state, state_mismatch)
+                                     model_state, state_mismatch, torch_write_failed)
 from engine.train.experiment import ClassifierRun, uses_normed_head
 from engine.data.longtail import IMB_TYPES, check_imb_factor
 from engine.train.schedules import SCHEDULES, LRSchedule
@@ -683,10 +683,8 @@ def describe_failure(e: BaseException) -> str | None:
     if isinstance(e, torch.OutOfMemoryError):
         return (f"out of device memory: lower -b/--batch-size (or --eval_batch_size) "
                 f"({_condensed(str(e)).split('. ')[0]})")
-    text = str(e)
-    if isinstance(e, RuntimeError) and ("PytorchStreamWriter failed" in text or "unexpected pos" in text):
-        # torch.save's own error when a write fails part-way, which names neither the file nor the cause
-        return (f"writing a checkpoint failed part-way, most likely because the disk is full ({_condensed(text)}); "
+    if torch_write_failed(e):  # a torch.save outside atomic_write, which turns it into a DiskFullError
+        return (f"writing a checkpoint failed part-way, most likely because the disk is full ({_condensed(str(e))}); "
                 f"free space there ({_output_folders()}) or choose other paths")
     return None
 

@@ -55,11 +55,18 @@ def ensure_space(folder: str, needed: int) -> None:
                             "needed", folder)
 
 
+def torch_write_failed(error: BaseException) -> bool:
+    """torch.save's own error when its zip writer's write fails part-way (a full disk, most likely), which names
+    neither the file nor the cause."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("PytorchStreamWriter failed" in text or "unexpected pos" in text)
+
+
 def _is_disk_full(error: BaseException) -> bool:
     """A write failed for want of space: ENOSPC/EDQUOT, or torch.save's zip writer's own error for it."""
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
+    return torch_write_failed(error)
 
 
 def atomic_write(path: str, write) -> None:
