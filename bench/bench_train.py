@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import train  # noqa: E402
+from engine.train.runlog import METRICS, read_records  # noqa: E402
 
 # Named sets of train.py flags for --variants (all with --loader device): fp32 eager, the compiled step without
 # and with CUDA graphs.
@@ -79,10 +80,11 @@ def run(args, loader: str, extra: list[str], out_dir: str) -> dict:
             *(["--seed", str(args.seed)] if args.seed is not None else []), "--loader", loader, "--root_log", out_dir, "--root_model", out_dir, "--exp_str", loader,
             *(["--device", args.device] if args.device else []), *extra]
     parsed = train.config.parse(train.build_parser(), argv)
-    n_train = len(train.DATASETS[parsed.dataset].build("train", **train.config.dataset_kwargs(parsed)))
     train.main(argv)
-    log = os.path.join(out_dir, train.RUN.run_name(vars(parsed)), "metrics.jsonl")
-    return {"records": [json.loads(line) for line in open(log)], "n_train": n_train}
+    run_dir = os.path.join(out_dir, train.RUN.run_name(vars(parsed)))
+    with open(os.path.join(run_dir, "final.json")) as f:
+        n_train = sum(json.load(f)["cls_num_list"])
+    return {"records": read_records(os.path.join(run_dir, METRICS)), "n_train": n_train}
 
 
 def speed(result: dict, target_epochs: int) -> dict:
